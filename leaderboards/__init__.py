@@ -1,0 +1,1 @@
+"""Records in, pages out (HTML, markdown, CSV). Reads records only."""

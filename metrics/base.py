@@ -1,0 +1,103 @@
+"""The metric contract.
+
+A metric family is a class registered in ``bench.registry.metrics``; the runner builds it as
+``cls(**args)`` with the suite's arguments (keyword-only, checked; unknown keys are an error) and
+calls ``compute(sets, seed=...)``. Everything a metric sees comes in :class:`EvalSets`: arrays, and
+callables the runner provides (cached feature extraction, encoders) — a metric never imports the
+runner, a generator or a cohort loader.
+
+Every result carries: value, direction, a seeded bootstrap CI, n, the real-vs-real floor and
+warnings (e.g. N below the feature dimension).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+
+log = logging.getLogger("braingenbench.metrics")
+
+# features(extractor_name, set_name) -> (N, F) array. Set names: "generated", "reference", "floor", "train".
+FeatureFn = Callable[[str, str], np.ndarray]
+
+
+@dataclass
+class EvalSets:
+    """The data of one evaluation.
+
+    Attributes:
+        generated: (N, 1, D, H, W) generated volumes, prompt order.
+        reference: (N, 1, D, H, W) the real volume whose caption was prompt i (caption-matched).
+        floor: (N, 1, D, H, W) an independent real set of the same size, subject i matched to
+            reference i on modality (and sex/age where possible): the real-vs-real comparison.
+        brain_mask: (D, H, W) bool atlas brain mask on the grid.
+        features: cached feature extraction, ``features(extractor, set_name) -> (N, F)``.
+        train: optional (M, 1, D, H, W) training volumes (memorisation checks).
+        attributes: per-prompt attributes parsed from the captions.
+        voxel_size: mm.
+    """
+
+    generated: np.ndarray
+    reference: np.ndarray
+    floor: np.ndarray
+    brain_mask: np.ndarray
+    features: FeatureFn
+    train: np.ndarray | None = None
+    attributes: list[dict] = field(default_factory=list)
+    voxel_size: float = 3.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return int(self.generated.shape[0])
+
+
+@dataclass
+class MetricResult:
+    value: float
+    higher_is_better: bool
+    n: int
+    ci_low: float | None = None
+    ci_high: float | None = None
+    floor: float | None = None
+    warnings: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)  # config used, per-sample values, ...
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for k in ("value", "ci_low", "ci_high", "floor"):
+            if d[k] is not None:
+                d[k] = float(d[k])
+        return d
+
+
+class Metric:
+    """Base class of metric families. Subclasses set ``name``, ``higher_is_better`` and implement
+    :meth:`compute`; ``config()`` returns what goes into the record (every choice that changes the
+    number)."""
+
+    name: ClassVar[str] = "metric"
+    higher_is_better: ClassVar[bool] = False
+    description: ClassVar[str] = ""
+
+    def compute(self, sets: EvalSets, *, seed: int) -> MetricResult | dict[str, MetricResult]:
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        return {}
+
+    def extractors(self) -> list[str]:
+        """Feature extractors this metric asks the runner for (so it can report their fingerprints)."""
+        return []
+
+
+def small_n_warning(n: int, dim: int, what: str) -> list[str]:
+    if n < dim:
+        msg = (f"{what}: N={n} is below the feature dimension {dim}; covariances are rank-deficient "
+               "and the value is biased upwards — compare only at equal N, or use the FD-infinity variant")
+        log.warning(msg)
+        return [msg]
+    return []

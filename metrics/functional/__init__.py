@@ -1,0 +1,1 @@
+"""Functional core: numpy/torch in, floats out."""
