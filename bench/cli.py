@@ -1,0 +1,203 @@
+"""``python -m bench``: run suites, list registries, build cohorts, build leaderboards.
+
+Exit codes: 0 success, 1 a requested check failed (e.g. a regression), 2 bad input (unknown names,
+bad arguments, unreadable files) with a message that says what to do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("braingenbench")
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="run a suite against a generator and write a record",
+                       description="Generate from the suite's prompts, compute its metrics and write "
+                                   "DIR/<run_id>/record.json. Re-running the same command resumes the run.")
+    p.add_argument("--generator", required=True, help="generator name (see `ls generators`)")
+    p.add_argument("--suite", required=True, help="suite name (see `ls suites`) or a suite YAML path")
+    p.add_argument("--generator-args", default="", metavar="K=V,...", help="constructor arguments of the generator")
+    p.add_argument("--extractor-args", default="", metavar="K=V,...",
+                   help="arguments of the feature extractors, e.g. weights=PATH for medicalnet-*")
+    p.add_argument("--reference", default=None,
+                   help="reference cohort: a registered name or a prepared cohort folder (default: the suite's)")
+    p.add_argument("--out", default="runs", type=Path, help="runs folder (default: runs/)")
+    p.add_argument("--seed", type=int, default=None, help="override the suite's seed")
+    p.add_argument("--limit", type=int, default=None, help="use at most N prompts (quick checks)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch device")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="reuse what an earlier identical run finished (default) or start over")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+
+    p = sub.add_parser("ls", help="list registered generators, metrics, extractors, cohorts or suites")
+    p.add_argument("what", choices=["generators", "metrics", "extractors", "cohorts", "suites"])
+
+    p = sub.add_parser("leaderboard", help="build the static leaderboard site from run records")
+    p.add_argument("runs_dir", type=Path)
+    p.add_argument("--out", type=Path, default=Path("site"))
+
+    p = sub.add_parser("cohort", help="build or prepare reference cohorts")
+    csub = p.add_subparsers(dest="cohort_command", required=True)
+    b = csub.add_parser("build", help="build a synthetic cohort (phantom)")
+    b.add_argument("name", help="cohort name, e.g. phantom")
+    b.add_argument("--out", type=Path, default=None, help="folder (default: cached under $BRAINGENBENCH_HOME)")
+    b.add_argument("--grid", default="3mm", choices=["3mm", "2mm", "1mm"])
+    b.add_argument("--n-subjects", type=int, default=400)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--workers", type=int, default=2)
+
+    p = sub.add_parser("prompts", help="export a suite's prompts as CSV (for the folder adapter)")
+    p.add_argument("--suite", required=True)
+    p.add_argument("--out", type=Path, default=None, help="CSV path (default: stdout)")
+    p.add_argument("--limit", type=int, default=None)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else (logging.WARNING if args.quiet else logging.INFO),
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001
+        from bench.args import ArgumentError
+        from bench.data.subject import CohortError
+        from bench.records import RecordError
+        from bench.registry import UnknownNameError
+        from bench.suite import SuiteError
+
+        if isinstance(e, (UnknownNameError, ArgumentError, SuiteError, CohortError, RecordError,
+                          FileNotFoundError, ValueError)):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _dispatch(args) -> int:
+    if args.command == "run":
+        return _cmd_run(args)
+    if args.command == "ls":
+        return _cmd_ls(args.what)
+    if args.command == "leaderboard":
+        from leaderboards import build_site
+
+        paths = build_site(args.runs_dir, args.out)
+        for k, v in paths.items():
+            print(f"{k}: {v}")
+        return 0
+    if args.command == "cohort":
+        from bench import registry
+
+        cls = registry.cohorts.get(args.name)
+        if args.out is None:
+            cohort = cls.get(args.grid, n_subjects=args.n_subjects, seed=args.seed, workers=args.workers,
+                             quiet=args.quiet)
+        else:
+            cohort = cls.build(args.out, args.grid, n_subjects=args.n_subjects, seed=args.seed,
+                               workers=args.workers, quiet=args.quiet)
+        splits = {s: len(cohort.split(s)) for s in ("train", "val", "test")}
+        label = cohort.meta.get("label", "")
+        print(f"{cohort.name}: {len(cohort.subjects)} subjects {splits} on {cohort.grid.name} at {cohort.root}"
+              + (f"  [{label}]" if label else ""))
+        return 0
+    if args.command == "prompts":
+        return _cmd_prompts(args)
+    raise AssertionError(args.command)
+
+
+def _cmd_run(args) -> int:
+    from bench import registry
+    from bench.args import parse_kv
+
+    registry.generators.canonical(args.generator)  # unknown names fail before any heavy import
+    from bench.records import load_record
+    from bench.runner import RunConfig, run
+
+    cfg = RunConfig(generator=args.generator, suite=args.suite, generator_args=parse_kv(args.generator_args),
+                    extractor_args=parse_kv(args.extractor_args), reference=args.reference, out=args.out,
+                    seed=args.seed, limit=args.limit, device=args.device, resume=args.resume, quiet=args.quiet)
+    path = run(cfg)
+    print(format_results(load_record(path)))
+    print(f"\nrecord: {path}")
+    return 0
+
+
+def format_results(rec: dict) -> str:
+    """A plain-text results table of a record."""
+    ref = rec["reference"]
+    head = (f"{rec['generator']['name']} on suite {rec['suite']['name']} "
+            f"(reference {ref['name']}{' — SYNTHETIC' if ref.get('synthetic') else ''}, "
+            f"n={rec['suite']['n_prompts']}, seed {rec['seed']})")
+    rows = [("metric", "value", "95% CI", "real-vs-real", "n", "better")]
+
+    def f(x):
+        return "—" if x is None else f"{x:.4g}"
+
+    for k, m in rec["metrics"].items():
+        ci = "—" if m.get("ci_low") is None else f"[{f(m['ci_low'])}, {f(m['ci_high'])}]"
+        rows.append((k, f(m.get("value")), ci, f(m.get("floor")), str(m.get("n", "")),
+                     "higher" if m.get("higher_is_better") else "lower"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [head, ""]
+    for j, r in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    warns = [f"  {k}: {w}" for k, m in rec["metrics"].items() for w in m.get("warnings", [])]
+    errs = [f"  {k}: {m['details']['error']}" for k, m in rec["metrics"].items()
+            if m.get("details", {}).get("error")]
+    if warns:
+        lines += ["", "warnings:"] + warns
+    if errs:
+        lines += ["", "failed metrics (re-run to retry):"] + errs
+    return "\n".join(lines)
+
+
+def _cmd_ls(what: str) -> int:
+    from bench import registry
+
+    if what == "suites":
+        import bench.suite  # noqa: F401  (registers the built-in suite files)
+    reg = getattr(registry, what)
+    for e in reg:
+        alias = f" (aliases: {', '.join(e.aliases)})" if e.aliases else ""
+        src = "" if e.source == "builtin" else f" [{e.source}]"
+        print(f"{e.name:<22} {e.description}{alias}{src}")
+    return 0
+
+
+def _cmd_prompts(args) -> int:
+    import csv
+
+    from bench.runner import resolve_cohort, select_prompts
+    from bench.suite import load_suite
+
+    suite = load_suite(args.suite)
+    cohort = resolve_cohort(suite.reference, suite.grid, suite.reference_args, args.quiet)
+    n = suite.n_prompts if args.limit is None else min(args.limit, suite.n_prompts)
+    subjects = select_prompts(cohort, n, suite.seed)
+    fh = open(args.out, "w", newline="") if args.out else sys.stdout
+    try:
+        w = csv.writer(fh)
+        w.writerow(["index", "subject_id", "prompt"])
+        for i, s in enumerate(subjects):
+            w.writerow([i, s.subject_id, s.caption])
+    finally:
+        if args.out:
+            fh.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

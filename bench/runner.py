@@ -1,0 +1,390 @@
+"""The only place that wires generators, feature extractors and metrics together.
+
+Stages (each resumable; a run killed half-way keeps what it finished):
+
+1. cohort — build or load the reference cohort on the suite grid;
+2. prompts — captions of the cohort's test split (seeded order), with the caption-matched reference
+   volume and a matched real "floor" subject per prompt;
+3. generate — in fixed shards of ``SHARD`` prompts, each saved to ``<run>/samples/shard_XXXX.npz``;
+4. features — extracted once per (volume bytes, extractor fingerprint) in the content-addressed cache;
+5. metrics — each saved to ``<run>/metrics/<key>.json`` as soon as it is done;
+6. record — ``<run>/record.json``.
+
+The run folder name is ``<suite>-<generator>-<hash>``, the hash covering everything that changes the
+numbers, so re-running the same command resumes (or returns) the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench import registry
+from bench.args import bind_args
+from bench.cache import FeatureCache, atomic_save_npz, atomic_write_json, hash_obj
+from bench.data.captions import parse_caption
+from bench.data.grid import Grid
+from bench.data.subject import Cohort, Subject
+from bench.records import SCHEMA_VERSION, environment
+from bench.suite import Suite, load_suite
+from generators.base import GenerationOutput, GeneratorContext, Prompt, seed_for
+from metrics.base import EvalSets, MetricResult
+
+log = logging.getLogger("braingenbench.runner")
+
+SHARD = 8  # prompts per generation shard; fixed so that results do not depend on it
+
+
+@dataclass
+class RunConfig:
+    """Everything ``python -m bench run`` takes (CLI flags equal these fields)."""
+
+    generator: str
+    suite: str | Path
+    generator_args: dict[str, Any] = field(default_factory=dict)
+    extractor_args: dict[str, Any] = field(default_factory=dict)
+    reference: str | None = None
+    out: Path = Path("runs")
+    seed: int | None = None
+    limit: int | None = None
+    device: str = "auto"
+    resume: bool = True
+    quiet: bool = False
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+# ------------------------------------------------------------------------------------------ cohort
+def resolve_cohort(reference: str, grid: Grid, args: dict, quiet: bool = False) -> Cohort:
+    """A registered cohort name (built lazily) or the path of a prepared cohort folder."""
+    p = Path(reference)
+    if (p / "cohort.json").exists():
+        cohort = Cohort.load(p)
+        if cohort.grid.name != grid.name:
+            raise ValueError(f"{p}: cohort is on grid {cohort.grid.name}, the suite needs {grid.name}; "
+                             f"prepare it with --grid {grid.name}")
+        return cohort
+    if p.exists() and p.is_dir():
+        raise ValueError(f"{p}: not a prepared cohort (no cohort.json); prepare it with "
+                         "`python -m bench cohort prepare ...`")
+    cls = registry.cohorts.get(reference)
+    return cls.get(grid.name, quiet=quiet, **args)
+
+
+# ----------------------------------------------------------------------------------------- prompts
+def select_prompts(cohort: Cohort, n: int, seed: int) -> list[Subject]:
+    test = sorted(cohort.split("test"), key=lambda s: s.subject_id)
+    if not test:
+        raise ValueError(f"cohort {cohort.name!r} ({cohort.root}) has no test split")
+    if n > len(test):
+        log.warning("suite asks for %d prompts but the test split has %d subjects; using %d", n, len(test), len(test))
+        n = len(test)
+    order = np.random.default_rng([seed, 101]).permutation(len(test))
+    return [test[i] for i in order[:n]]
+
+
+def match_floor(reference: list[Subject], pool: list[Subject], seed: int) -> list[Subject]:
+    """For each reference subject, an unused real subject of the pool with the same modality, then
+    the same sex, then the closest age (seeded tie-breaks): the real-vs-real comparison set."""
+    rng = np.random.default_rng([seed, 202])
+    pool = sorted(pool, key=lambda s: s.subject_id)
+    jitter = {s.subject_id: rng.random() for s in pool}
+    used: set[str] = set()
+    out = []
+    for ref in reference:
+        cands = [s for s in pool if s.subject_id not in used and s.subject_id != ref.subject_id]
+        if not cands:  # pool exhausted: reuse (recorded as a warning by the caller)
+            used.clear()
+            cands = [s for s in pool if s.subject_id != ref.subject_id]
+        if not cands:
+            raise ValueError("no subjects available for the real-vs-real floor set")
+
+        def score(s: Subject):
+            age_gap = abs((s.age or 0) - (ref.age or 0)) if (s.age is not None and ref.age is not None) else 1e3
+            return (s.modality != ref.modality, s.sex != ref.sex, age_gap, jitter[s.subject_id])
+
+        best = min(cands, key=score)
+        used.add(best.subject_id)
+        out.append(best)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- building
+def build_generator(name: str, raw_args: dict, ctx: GeneratorContext):
+    cls = registry.generators.get(name)
+    args = bind_args(cls, raw_args, f"generator {name!r}")
+    return cls(ctx, **args), args
+
+
+def build_metric(spec):
+    cls = registry.metrics.get(spec.name)
+    args = bind_args(cls, spec.args, f"metric {spec.name!r} (suite key {spec.key!r})", skip=("self",))
+    return cls(**args)
+
+
+class ExtractorPool:
+    """Builds extractors on demand (with the user's ``--extractor-args``) and caches features."""
+
+    def __init__(self, device: str, extractor_args: dict, cache: FeatureCache, grid: Grid):
+        self.device, self.extractor_args, self.cache, self.grid = device, dict(extractor_args), cache, grid
+        self._built: dict[str, Any] = {}
+        self._used_args: set[str] = set()
+
+    def get(self, name: str):
+        key = registry.extractors.canonical(name)
+        if key not in self._built:
+            cls = registry.extractors.get(name)
+            from bench.args import parameters
+
+            params = parameters(cls, skip=("self",))
+            raw = {k: v for k, v in self.extractor_args.items() if k in params}
+            self._used_args |= set(raw)
+            if "device" in params and "device" not in raw:
+                raw["device"] = self.device
+            self._built[key] = cls(**bind_args(cls, raw, f"extractor {name!r}", skip=("self",)))
+        return self._built[key]
+
+    def fingerprint(self, name: str) -> dict:
+        fp = dict(self.get(name).fingerprint())
+        fp["grid"] = self.grid.to_dict()
+        return fp
+
+    def features(self, name: str, volumes: np.ndarray) -> np.ndarray:
+        ex = self.get(name)
+        return self.cache.get_or_compute(self.fingerprint(name), volumes,
+                                         lambda v: ex(v, voxel_size=self.grid.voxel_size))
+
+    def unused_args(self) -> set[str]:
+        return set(self.extractor_args) - self._used_args
+
+
+# -------------------------------------------------------------------------------------------- run
+def run_id_for(cfg: RunConfig, suite: Suite, gen_args: dict, reference: str) -> str:
+    key = {"generator": registry.generators.canonical(cfg.generator), "generator_args": gen_args,
+           "extractor_args": cfg.extractor_args, "suite": suite.to_dict(), "reference": reference,
+           "seed": cfg.seed if cfg.seed is not None else suite.seed, "limit": cfg.limit, "shard": SHARD}
+    return f"{suite.name}-{registry.generators.canonical(cfg.generator)}-{hash_obj(key)[:10]}"
+
+
+def run(cfg: RunConfig) -> Path:
+    """Run a suite against a generator; returns the path of ``record.json``."""
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    suite = load_suite(cfg.suite)
+    registry.generators.canonical(cfg.generator)  # fail fast on a typo, before any work
+    seed = cfg.seed if cfg.seed is not None else suite.seed
+    device = resolve_device(cfg.device)
+    reference = cfg.reference or suite.reference
+
+    t = time.perf_counter()
+    cohort = resolve_cohort(reference, suite.grid, suite.reference_args if cfg.reference is None else {}, cfg.quiet)
+    timings["cohort"] = time.perf_counter() - t
+
+    ctx = GeneratorContext(cohort=cohort, grid=suite.grid, device=device,
+                           cache_dir=_home_cache("generators"), quiet=cfg.quiet)
+    t = time.perf_counter()
+    generator, gen_args = build_generator(cfg.generator, cfg.generator_args, ctx)
+    metrics = [(spec, build_metric(spec)) for spec in suite.metrics]
+    timings["setup"] = time.perf_counter() - t
+
+    run_id = run_id_for(cfg, suite, gen_args, reference)
+    run_dir = Path(cfg.out) / run_id
+    if run_dir.exists() and not cfg.resume:
+        shutil.rmtree(run_dir)
+    (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics").mkdir(parents=True, exist_ok=True)
+    log.info("run %s -> %s", run_id, run_dir)
+
+    # ---- prompts, caption-matched references and the matched real floor set
+    t = time.perf_counter()
+    n = suite.n_prompts if cfg.limit is None else min(cfg.limit, suite.n_prompts)
+    ref_subjects = select_prompts(cohort, n, seed)
+    floor_subjects = match_floor(ref_subjects, cohort.split(suite.floor_split), seed)
+    prompts = [Prompt(s.caption, parse_caption(s.caption), s.subject_id) for s in ref_subjects]
+    atomic_write_json(run_dir / "prompts.json", [{"subject_id": p.subject_id, "text": p.text,
+                                                  "floor_subject_id": f.subject_id}
+                                                 for p, f in zip(prompts, floor_subjects)])
+    timings["prompts"] = time.perf_counter() - t
+
+    # ---- generation, shard by shard
+    t = time.perf_counter()
+    generated = generate_shards(generator, prompts, seed, suite.grid, run_dir / "samples", cfg.quiet)
+    timings["generate"] = time.perf_counter() - t
+
+    # ---- evaluation data
+    t = time.perf_counter()
+    reference_vols = cohort.load_volumes(ref_subjects)
+    floor_vols = cohort.load_volumes(floor_subjects)
+    needs_train = any(getattr(m, "requires_train", False) for _, m in metrics)
+    train_subjects = cohort.split("train") if needs_train else []
+    train_vols = cohort.load_volumes(train_subjects) if needs_train else None
+    extra: dict[str, Any] = {}
+    if all(s.labels is not None for s in ref_subjects + floor_subjects):
+        extra["reference_labels"] = np.stack([cohort.load_labels(s) for s in ref_subjects])
+        extra["floor_labels"] = np.stack([cohort.load_labels(s) for s in floor_subjects])
+    pool = ExtractorPool(device, cfg.extractor_args, FeatureCache(), suite.grid)
+    arrays = {"generated": generated, "reference": reference_vols, "floor": floor_vols, "train": train_vols}
+    memo: dict[tuple[str, str], np.ndarray] = {}
+
+    def features(extractor: str, which: str) -> np.ndarray:
+        if arrays.get(which) is None:
+            raise KeyError(f"no volume set {which!r} (have: {[k for k, v in arrays.items() if v is not None]})")
+        k = (registry.extractors.canonical(extractor), which)
+        if k not in memo:
+            t0 = time.perf_counter()
+            memo[k] = pool.features(extractor, arrays[which])
+            timings["features"] = timings.get("features", 0.0) + time.perf_counter() - t0
+        return memo[k]
+
+    sets = EvalSets(generated=generated, reference=reference_vols, floor=floor_vols,
+                    brain_mask=cohort.brain_mask(), features=features, train=train_vols,
+                    attributes=[p.attributes for p in prompts], voxel_size=suite.grid.voxel_size, extra=extra)
+    timings["load"] = time.perf_counter() - t
+
+    # ---- metrics, each saved when done
+    t = time.perf_counter()
+    results: dict[str, dict] = {}
+    for spec, metric in metrics:
+        path = run_dir / "metrics" / f"{_safe(spec.key)}.json"
+        if cfg.resume and path.exists():
+            saved = json.loads(path.read_text())
+            if not saved.get("_failed"):
+                results.update(saved["results"])
+                continue
+        results_for = compute_metric(spec, metric, sets, seed)
+        atomic_write_json(path, {"results": results_for,
+                                 "_failed": any(r.get("value") is None for r in results_for.values())})
+        results.update(results_for)
+    timings["metrics"] = time.perf_counter() - t - timings.get("features", 0.0)
+    unused = pool.unused_args()
+    if unused:
+        raise ValueError(f"--extractor-args {sorted(unused)} were not accepted by any extractor this suite uses")
+
+    extractor_names = sorted({e for _, m in metrics for e in m.extractors()})
+    timings["total"] = time.perf_counter() - t_start
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "status": "complete",
+        "generator": {"name": registry.generators.entry(cfg.generator).name, "args": gen_args,
+                      "info": _jsonable(generator.info())},
+        "suite": {k: v for k, v in suite.to_dict().items() if k != "metrics"} | {"n_prompts": len(prompts)},
+        "reference": {"name": cohort.name, "content_hash": cohort.content_hash, "synthetic": cohort.synthetic,
+                      "n_subjects": len(cohort.subjects), "label": cohort.meta.get("label", ""),
+                      "path": str(cohort.root)},
+        "seed": seed,
+        "limit": cfg.limit,
+        "device": device,
+        "environment": environment(),
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+        "extractors": {e: pool.fingerprint(e) for e in extractor_names},
+        "metrics": results,
+        "prompts": [{"subject_id": p.subject_id, "text": p.text, "floor_subject_id": f.subject_id}
+                    for p, f in zip(prompts, floor_subjects)],
+        "samples_dir": "samples",
+    }
+    atomic_write_json(run_dir / "record.json", record)
+    return run_dir / "record.json"
+
+
+def compute_metric(spec, metric, sets: EvalSets, seed: int) -> dict[str, dict]:
+    """Run one metric family; a failure is recorded (value None + error) and does not stop the run."""
+    meta = {"family": spec.name, "config": _jsonable(metric.config()),
+            "description": getattr(metric, "description", "") or (type(metric).__doc__ or "").strip().split("\n")[0]}
+    try:
+        out = metric.compute(sets, seed=seed)
+    except Exception as e:  # noqa: BLE001 - recorded, logged, and retried on resume
+        log.error("metric %s failed: %s: %s", spec.key, type(e).__name__, e)
+        return {spec.key: {"value": None, "ci_low": None, "ci_high": None, "n": sets.n,
+                           "higher_is_better": bool(getattr(metric, "higher_is_better", False)), "floor": None,
+                           "warnings": [], "details": {"error": f"{type(e).__name__}: {e}"}, **meta}}
+    if isinstance(out, MetricResult):
+        out = {"": out}
+    res = {}
+    for sub, r in out.items():
+        key = spec.key if not sub else f"{spec.key}/{sub}"
+        res[key] = _jsonable({**r.to_dict(), **meta})
+    return res
+
+
+def generate_shards(generator, prompts: list[Prompt], seed: int, grid: Grid, folder: Path,
+                    quiet: bool = False) -> np.ndarray:
+    from tqdm.auto import tqdm
+
+    out = np.empty((len(prompts), 1, *grid.shape), dtype=np.float32)
+    starts = list(range(0, len(prompts), SHARD))
+    for start in tqdm(starts, desc="generate", unit="shard", disable=quiet):
+        chunk = prompts[start:start + SHARD]
+        path = folder / f"shard_{start // SHARD:04d}.npz"
+        if path.exists():
+            try:
+                with np.load(path) as z:
+                    vols = z["volumes"]
+                if vols.shape == (len(chunk), 1, *grid.shape):
+                    out[start:start + len(chunk)] = vols
+                    continue
+            except (OSError, ValueError, KeyError):
+                log.warning("%s is unreadable; regenerating that shard", path)
+        res: GenerationOutput = generator.generate(chunk, seed=seed_for(seed, start))
+        res.validate(len(chunk), grid.shape, getattr(generator, "name", "?"))
+        arrays = {"volumes": res.volumes,
+                  "subject_ids": np.array([p.subject_id or "" for p in chunk])}
+        if res.latents is not None:
+            arrays["latents"] = np.asarray(res.latents)
+        atomic_save_npz(path, **arrays)
+        out[start:start + len(chunk)] = res.volumes
+    return out
+
+
+def _home_cache(sub: str) -> Path:
+    from bench.cache import home
+
+    p = home() / "cache" / sub
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _safe(key: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
+
+
+def _jsonable(obj):
+    """Plain JSON data; NaN/inf become None (strict JSON has no NaN)."""
+    return _finite(json.loads(json.dumps(obj, default=_default)))
+
+
+def _finite(o):
+    if isinstance(o, float):
+        return o if np.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_finite(v) for v in o]
+    return o
+
+
+def _default(o):
+    if isinstance(o, (np.floating,)):
+        return None if not np.isfinite(o) else float(o)
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (Path,)):
+        return str(o)
+    return str(o)
