@@ -1,1 +1,78 @@
-"""Records in, pages out (HTML, markdown, CSV). Reads records only."""
+"""Records in, pages out (HTML, markdown, CSV). Reads records only.
+
+This package never imports ``bench``, ``generators`` or ``metrics``: its only input is the
+``record.json`` files a benchmark run writes.
+
+Example:
+    >>> from leaderboards import build_site
+    >>> paths = build_site("runs", "site")  # doctest: +SKIP
+    >>> paths["index"]  # doctest: +SKIP
+    PosixPath('site/index.html')
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .csv import write_csv
+from .html import write_site
+from .markdown import to_markdown, write_markdown
+from .records import (
+    Cell,
+    Column,
+    NoRecordsError,
+    Row,
+    Table,
+    build_tables,
+    load_records,
+)
+
+__all__ = [
+    "Cell",
+    "Column",
+    "NoRecordsError",
+    "Row",
+    "Table",
+    "build_site",
+    "build_tables",
+    "load_records",
+    "to_markdown",
+    "write_csv",
+    "write_markdown",
+    "write_site",
+]
+
+
+def build_site(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
+    """Build the whole leaderboard site from a runs directory.
+
+    Writes ``out_dir/index.html`` (+ ``out_dir/runs/<run_id>.html``), ``out_dir/leaderboard.md``
+    and ``out_dir/leaderboard.csv``.
+
+    Args:
+        runs_dir: Directory searched recursively for ``record.json`` files.
+        out_dir: Output directory (created if needed).
+
+    Returns:
+        ``{"index": ..., "markdown": ..., "csv": ..., "runs": <dir of run pages>}``.
+
+    Raises:
+        NoRecordsError: ``runs_dir`` holds no usable complete record (a ``FileNotFoundError``).
+    """
+    runs_dir, out_dir = Path(runs_dir), Path(out_dir)
+    records = load_records(runs_dir)
+    if not records:
+        found = sorted(runs_dir.rglob("record.json")) if runs_dir.is_dir() else []
+        if not runs_dir.is_dir():
+            why = f"{runs_dir} does not exist or is not a directory"
+        elif found:
+            why = (f"no complete, readable record.json under {runs_dir} "
+                   f"({len(found)} found, all skipped; see the logged warnings)")
+        else:
+            why = f"no record.json under {runs_dir}"
+        raise NoRecordsError(f"{why}; run `python -m bench run ...` first")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    index = write_site(records, out_dir)
+    md = write_markdown(build_tables(records), out_dir / "leaderboard.md")
+    csv_path = write_csv(records, out_dir / "leaderboard.csv")
+    return {"index": index, "markdown": md, "csv": csv_path, "runs": out_dir / "runs"}

@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from bench.data.grid import Grid, get_grid
+from bench.data.grid import GRIDS, Grid
 
 MODALITIES = ("T1", "T2", "PD", "FLAIR")
 SPLITS = ("train", "val", "test")
@@ -168,7 +168,8 @@ class Cohort:
                 raise CohortError(f"{p}: not found; is {root} a prepared cohort folder? "
                                   "Build one with `python -m bench cohort build phantom --out DIR`.")
         meta = json.loads(meta_path.read_text())
-        grid = get_grid(meta["grid"]["name"])
+        g = meta["grid"]
+        grid = GRIDS.get(g["name"]) or Grid(g["name"], float(g["voxel_size"]), tuple(g["shape"]))
         df = pd.read_csv(manifest, keep_default_na=False)
         missing = [c for c in ("subject_id", "split", "modality", "image", "caption") if c not in df.columns]
         if missing:
