@@ -28,7 +28,7 @@ test: install
 	$(PY) -m pytest -q tests
 
 bench: install
-	$(PY) -m pytest -q benchmarks --benchmark-only
+	$(PY) -m pytest -q benchmarks -o python_files='bench_*.py' --benchmark-only
 
 clean:
 	rm -rf $(VENV) runs site

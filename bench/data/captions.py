@@ -1,0 +1,203 @@
+"""Captions: built from a :class:`~bench.data.subject.Subject`, parsed back into attributes.
+
+One module for the phantom and every real dataset. A caption reads::
+
+    Synthetic phantom. T1-weighted brain MRI of a 63-year-old woman. Lateral ventricles 32.1 mL
+    (78th percentile), third ventricle 1.2 mL (55th percentile), ...; grey matter 620.4 mL, white
+    matter 480.2 mL, CSF 250.0 mL, intracranial volume 1350.6 mL.
+
+:func:`parse_caption` is tolerant to case and wording ("female"/"woman", "T1w", "PD-weighted",
+"70 year old", "enlarged lateral ventricles"), so hand-written prompts parse too.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Iterable, Sequence
+
+from bench.data.subject import STRUCTURES, Subject
+
+MODALITY_WORDS = {"T1": "T1-weighted", "T2": "T2-weighted", "PD": "proton-density-weighted",
+                  "FLAIR": "FLAIR"}
+# Structures reported with a percentile (the tissue totals are listed after the semicolon).
+REGIONAL = ("lateral_ventricles", "third_ventricle", "fourth_ventricle", "hippocampus_left",
+            "hippocampus_right", "thalamus", "caudate", "putamen")
+TISSUE = ("gm", "wm", "csf", "icv")
+
+
+# ------------------------------------------------------------------------------------ percentiles
+def percentile_rank(value: float, values: Sequence[float]) -> float:
+    """Mid-rank percentile of ``value`` among ``values``, rounded to an integer in [1, 99]."""
+    n = len(values)
+    if n == 0:
+        raise ValueError("percentile_rank needs at least one value")
+    below = sum(1 for v in values if v < value)
+    equal = sum(1 for v in values if v == value)
+    pct = 100.0 * (below + 0.5 * equal) / n
+    return float(min(99, max(1, int(math.floor(pct + 0.5)))))
+
+
+def compute_percentiles(subjects: Iterable[Subject]) -> None:
+    """Fill ``Subject.percentiles`` (rank within the given subjects, per structure key), in place.
+
+    Only subjects that have a volume for a key take part in (and get) that key's percentile.
+    """
+    subjects = list(subjects)
+    for key in STRUCTURES:
+        vals = [s.volumes[key] for s in subjects if key in s.volumes]
+        if not vals:
+            continue
+        for s in subjects:
+            if key in s.volumes:
+                s.percentiles[key] = percentile_rank(s.volumes[key], vals)
+
+
+def ordinal(n: int) -> str:
+    """1 -> '1st', 2 -> '2nd', 11 -> '11th', 23 -> '23rd'."""
+    n = int(n)
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+# ------------------------------------------------------------------------------------ make
+def _who(age: float | None, sex: str | None) -> str:
+    noun = {"F": "woman", "M": "man"}.get((sex or "").upper(), "subject")
+    if age is None:
+        return f"a {noun}"
+    years = int(math.floor(age))
+    article = "an" if years in (11, 18) or str(years).startswith("8") else "a"  # "an 80-year-old"
+    return f"{article} {years}-year-old {noun}"
+
+
+def _vol(key: str, subject: Subject, with_percentile: bool) -> str:
+    text = f"{STRUCTURES[key]} {subject.volumes[key]:.1f} mL"
+    if with_percentile and key in subject.percentiles:
+        text += f" ({ordinal(int(round(subject.percentiles[key])))} percentile)"
+    return text
+
+
+def make_caption(subject: Subject) -> str:
+    """Natural-language caption of a subject (modality, demographics, structure volumes).
+
+    Regional structures carry their cohort percentile; tissue totals (GM, WM, CSF, ICV) are given in
+    mL only (their percentiles stay in ``Subject.percentiles``).
+
+    Args:
+        subject: any :class:`Subject`; missing age/sex/volumes/percentiles are simply omitted.
+
+    Returns:
+        The caption; it starts with "Synthetic phantom." only when ``subject.synthetic``.
+    """
+    parts = []
+    if subject.synthetic:
+        parts.append("Synthetic phantom.")
+    modality = MODALITY_WORDS.get(subject.modality, subject.modality)
+    parts.append(f"{modality} brain MRI of {_who(subject.age, subject.sex)}.")
+    regional = [k for k in REGIONAL if k in subject.volumes]
+    tissue = [k for k in TISSUE if k in subject.volumes]
+    clauses = []
+    if regional:
+        clauses.append(", ".join(_vol(k, subject, True) for k in regional))
+    if tissue:
+        clauses.append(", ".join(_vol(k, subject, False) for k in tissue))
+    if clauses:
+        text = "; ".join(clauses) + "."
+        parts.append(text[0].upper() + text[1:])
+    return " ".join(parts)
+
+
+# ------------------------------------------------------------------------------------ parse
+_NUM = r"(\d+(?:\.\d+)?)"
+_MODALITY_PATTERNS = [  # order matters: FLAIR before T2 ("T2-FLAIR"), PD before nothing
+    ("FLAIR", re.compile(r"\bflair\b", re.I)),
+    ("PD", re.compile(r"\b(?:proton[\s-]*density|pd)(?:[\s-]*weighted|w)?\b", re.I)),
+    ("T1", re.compile(r"\bt1(?:[\s-]*weighted|w)?\b", re.I)),
+    ("T2", re.compile(r"\bt2(?:[\s-]*weighted|w)?\b", re.I)),
+]
+_AGE_PATTERNS = [
+    re.compile(_NUM + r"[\s-]*(?:years?|yrs?|y)[\s-]*old\b", re.I),
+    re.compile(r"\baged?\s*(?:of\s*)?[:=]?\s*" + _NUM + r"\b", re.I),
+    re.compile(_NUM + r"\s*(?:years?|yrs?|y/o|yo)\b", re.I),
+]
+_FEMALE = re.compile(r"\b(?:woman|women|female|girl|lady|sex\s*[:=]?\s*f)\b", re.I)
+_MALE = re.compile(r"\b(?:man|men|male|boy|gentleman|sex\s*[:=]?\s*m)\b", re.I)
+
+# Structure mentions, most specific first; a tuple of keys for unsided mentions.
+_STRUCT_PATTERNS: list[tuple[tuple[str, ...], re.Pattern]] = [
+    (("third_ventricle",), re.compile(r"\b(?:third|3rd)\s+ventricle\b", re.I)),
+    (("fourth_ventricle",), re.compile(r"\b(?:fourth|4th)\s+ventricle\b", re.I)),
+    (("lateral_ventricles",), re.compile(r"\blateral\s+ventricles?\b|\bventricles\b|\bventricular\s+volume\b", re.I)),
+    (("hippocampus_left",), re.compile(r"\bleft\s+hippocamp(?:us|al\s+volume)\b|\bhippocampus\s*,?\s*left\b", re.I)),
+    (("hippocampus_right",), re.compile(r"\bright\s+hippocamp(?:us|al\s+volume)\b|\bhippocampus\s*,?\s*right\b", re.I)),
+    (("hippocampus_left", "hippocampus_right"), re.compile(r"\bhippocamp(?:us|i|al)\b", re.I)),
+    (("thalamus",), re.compile(r"\bthalam(?:us|i)\b", re.I)),
+    (("caudate",), re.compile(r"\bcaudate(?:\s+nuclei|\s+nucleus)?\b", re.I)),
+    (("putamen",), re.compile(r"\bputam(?:en|ina)\b", re.I)),
+    (("gm",), re.compile(r"\b(?:grey|gray)\s+matter\b|\bGM\b", re.I)),
+    (("wm",), re.compile(r"\bwhite\s+matter\b|\bWM\b", re.I)),
+    (("icv",), re.compile(r"\b(?:total\s+)?intracranial\s+volume\b|\bT?ICV\b", re.I)),
+    (("csf",), re.compile(r"\bCSF\b|\bcerebrospinal\s+fluid\b", re.I)),
+]
+_VOLUME = re.compile(_NUM + r"\s*(?:ml|millilit(?:er|re)s?|cc|cm3|cm³)\b", re.I)
+_PERCENTILE = re.compile(r"(\d+)\s*(?:st|nd|rd|th)?\s+percentile\b", re.I)
+_LARGE = r"large|larger|enlarged|big|bigger|dilated|prominent|expanded|increased"
+_SMALL = r"small|smaller|shrunken|atrophic|atrophied|reduced|tiny|decreased|shrinking"
+_QUAL = re.compile(rf"\b(?:(?:very|markedly|mildly|slightly|somewhat)\s+)?({_LARGE}|{_SMALL})\b", re.I)
+_CLAUSE_SPLIT = re.compile(r"[;,]|\.(?!\d)|\bwith\b|\band\b", re.I)
+
+
+def _qual_word(word: str) -> str:
+    return "large" if re.fullmatch(_LARGE, word, re.I) else "small"
+
+
+def parse_caption(text: str) -> dict:
+    """Attributes of a caption or hand-written prompt.
+
+    Args:
+        text: a caption from :func:`make_caption` or free text such as
+            "FLAIR MRI of a 70 year old man with large lateral ventricles".
+
+    Returns:
+        ``{"modality": "T1"|"T2"|"PD"|"FLAIR"|None, "age": float|None, "sex": "F"|"M"|None,
+        "volumes": {key: mL}, "percentiles": {key: pct}, "qualitative": {key: "large"|"small"},
+        "synthetic": bool}`` with keys from :data:`~bench.data.subject.STRUCTURES`.
+    """
+    out: dict = {"modality": None, "age": None, "sex": None, "volumes": {}, "percentiles": {},
+                 "qualitative": {}, "synthetic": bool(re.search(r"\bsynthetic\b", text, re.I))}
+    for mod, pat in _MODALITY_PATTERNS:
+        if pat.search(text):
+            out["modality"] = mod
+            break
+    for pat in _AGE_PATTERNS:
+        m = pat.search(text)
+        if m:
+            out["age"] = float(m.group(1))
+            break
+    f, m_ = _FEMALE.search(text), _MALE.search(text)
+    if f and (not m_ or f.start() <= m_.start()):
+        out["sex"] = "F"
+    elif m_:
+        out["sex"] = "M"
+
+    for clause in _CLAUSE_SPLIT.split(text):
+        keys, span = None, None
+        for ks, pat in _STRUCT_PATTERNS:
+            hit = pat.search(clause)
+            if hit:
+                keys, span = ks, hit.span()
+                break
+        if keys is None:
+            continue
+        vol = _VOLUME.search(clause)
+        pct = _PERCENTILE.search(clause)
+        if len(keys) == 1:  # unsided mentions carry no volume/percentile
+            if vol:
+                out["volumes"][keys[0]] = float(vol.group(1))
+            if pct:
+                out["percentiles"][keys[0]] = float(pct.group(1))
+        q = _QUAL.search(clause)
+        if q:
+            for k in keys:
+                out["qualitative"][k] = _qual_word(q.group(1))
+    return out

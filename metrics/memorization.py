@@ -1,0 +1,148 @@
+"""Memorisation (training-data copying) check in feature space.
+
+Idea (Meehan et al. 2020, "A Non-Parametric Test to Detect Data-Copying in Generative Models",
+AISTATS; as used in dgm-eval, Stein et al. 2023): a generator that copies its training data puts
+samples *closer to the training set than independent real data are*. Held-out real volumes (the
+reference and floor sets, which must not be in the training set) calibrate what "close" means.
+
+Definitions, with ``d(v) = min_t |φ(v) - φ(t)|`` the distance from a volume's features to its
+nearest training volume's features:
+
+* threshold ``τ = quantile_q({d(v) : v ∈ floor})`` — the distance below which only a share ``q``
+  (``quantile``, default 5 %) of held-out real volumes fall;
+* **value** = share of generated volumes with ``d(g) < τ``. A generator that samples the data
+  distribution without copying gives ≈ ``q`` (or less); copying drives it towards 1. Lower is better.
+* **floor** = the same share for the reference set (held-out real, independent of the floor set
+  that set ``τ``): ≈ ``q`` up to sampling noise — the nominal rate.
+* near-exact copies: share of generated volumes with ``d(g) < copy_rel_eps · median_floor d``.
+* ``c_t_zscore``: Meehan et al.'s Mann-Whitney ``Z_U`` between the ``d(g)`` and the held-out
+  ``d(floor)`` distributions, in its global (single-cell) form; ``Z_U ≪ 0`` (e.g. < -3) signals
+  data copying, ``Z_U ≫ 0`` under-fitting.
+
+The CI resamples the generated and floor sets independently (the threshold moves with the floor
+resample).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import ClassVar
+
+import numpy as np
+
+from metrics.base import EvalSets, Metric, MetricResult
+from metrics.fid import _check_dims, get_features
+from metrics.functional.bootstrap import bootstrap_ci_two_sample
+from metrics.functional.neighbours import nearest_neighbours
+
+log = logging.getLogger("braingenbench.metrics")
+
+__all__ = ["Memorization", "mann_whitney_z"]
+
+
+def mann_whitney_z(d_query: np.ndarray, d_test: np.ndarray) -> float:
+    """Meehan et al. (2020) ``Z_U``: standardised Mann-Whitney U of query vs held-out distances.
+
+    ``U = #{(i, j): d_query_i > d_test_j} + ½ #{ties}``; ``Z = (U - mn/2) / sqrt(mn(m + n + 1)/12)``.
+    Negative when the query samples are closer to the training set than held-out real data.
+    """
+    a = np.asarray(d_query, dtype=np.float64)
+    b = np.asarray(d_test, dtype=np.float64)
+    m, n = a.size, b.size
+    if m == 0 or n == 0:
+        return float("nan")
+    from scipy.stats import rankdata
+
+    ranks = rankdata(np.concatenate([a, b]))
+    u = ranks[:m].sum() - m * (m + 1) / 2.0
+    return float((u - m * n / 2.0) / np.sqrt(m * n * (m + n + 1) / 12.0))
+
+
+class Memorization(Metric):
+    """Share of generated volumes closer to a training volume than held-out real volumes are.
+
+    See the module docstring for the exact definitions. Needs ``sets.features(extractor, "train")``.
+    details: threshold, nominal rate, per-sample ``nearest_train_index`` / ``nearest_train_distance``,
+    the near-copy share (and its real-data floor) and Meehan's ``Z_U`` (and its floor).
+
+    Args:
+        extractor: feature extractor name.
+        quantile: nominal rate ``q``: the threshold is the ``q``-quantile of held-out NN distances.
+        copy_rel_eps: a generated volume is a near-exact copy when its NN distance is below this
+            fraction of the median held-out NN distance.
+        n_boot: bootstrap resamples.
+    """
+
+    name: ClassVar[str] = "memorization"
+    higher_is_better: ClassVar[bool] = False
+    requires_train: ClassVar[bool] = True  # tells the runner to load the training split
+    description: ClassVar[str] = ("Share of generated volumes closer to a training volume than held-out "
+                                  "real volumes typically are (data copying)")
+
+    def __init__(self, *, extractor: str = "deepbet", quantile: float = 0.05, copy_rel_eps: float = 0.1,
+                 n_boot: int = 200):
+        if not 0.0 < quantile < 1.0:
+            raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+        if not copy_rel_eps > 0:
+            raise ValueError(f"copy_rel_eps must be > 0, got {copy_rel_eps}")
+        self.extractor = str(extractor)
+        self.quantile = float(quantile)
+        self.copy_rel_eps = float(copy_rel_eps)
+        self.n_boot = int(n_boot)
+
+    def config(self) -> dict:
+        return {"extractor": self.extractor, "quantile": self.quantile, "copy_rel_eps": self.copy_rel_eps,
+                "n_boot": self.n_boot, "distance": "euclidean, nearest training sample",
+                "threshold": "quantile of floor-set NN distances", "ci": "two-sample percentile bootstrap, 95%"}
+
+    def extractors(self) -> list[str]:
+        return [self.extractor]
+
+    def compute(self, sets: EvalSets, *, seed: int) -> MetricResult:
+        g = get_features(sets, self.extractor, "generated")
+        r = get_features(sets, self.extractor, "reference")
+        f = get_features(sets, self.extractor, "floor")
+        t = get_features(sets, self.extractor, "train")
+        dim = _check_dims(self.extractor, generated=g, reference=r, floor=f, train=t)
+        q = self.quantile
+        warnings: list[str] = []
+        if f.shape[0] * q < 1.0:
+            msg = (f"memorization: the {q:.0%} quantile of {f.shape[0]} held-out distances is an extrapolation "
+                   f"below the smallest one; the floor is coarse (use >= {int(np.ceil(1 / q))} floor samples)")
+            log.warning(msg)
+            warnings.append(msg)
+
+        d_g, i_g = nearest_neighbours(g, t)
+        d_r, i_r = nearest_neighbours(r, t)
+        d_f, _ = nearest_neighbours(f, t)
+        tau = float(np.quantile(d_f, q))
+        value = float(np.mean(d_g < tau))
+        floor = float(np.mean(d_r < tau))
+        lo, hi = bootstrap_ci_two_sample(lambda a, b: float(np.mean(d_g[a] < np.quantile(d_f[b], q))),
+                                         g.shape[0], f.shape[0], n_boot=self.n_boot, seed=seed)
+        flo, fhi = bootstrap_ci_two_sample(lambda a, b: float(np.mean(d_r[a] < np.quantile(d_f[b], q))),
+                                           r.shape[0], f.shape[0], n_boot=self.n_boot, seed=seed)
+        median_f = float(np.median(d_f))
+        copy_eps = self.copy_rel_eps * median_f
+        copies = float(np.mean(d_g < copy_eps))
+        if copies > 0:
+            msg = (f"memorization: {copies:.1%} of generated volumes are near-exact copies of training volumes "
+                   f"(feature distance < {copy_eps:.4g}); see details['nearest_train_index']")
+            log.warning(msg)
+            warnings.append(msg)
+        details = {
+            "extractor": self.extractor, "feature_dim": dim, "n_train": int(t.shape[0]),
+            "nominal_rate": q, "threshold": tau, "floor_ci": [flo, fhi],
+            "nearest_train_index": [int(i) for i in i_g],
+            "nearest_train_distance": [float(d) for d in d_g],
+            "reference_nearest_train_index": [int(i) for i in i_r],
+            "reference_nearest_train_distance": [float(d) for d in d_r],
+            "median_nn_distance": {"generated": float(np.median(d_g)), "reference": float(np.median(d_r)),
+                                   "floor": median_f},
+            "copy_threshold": copy_eps, "copy_fraction": copies,
+            "floor_copy_fraction": float(np.mean(d_r < copy_eps)),
+            "c_t_zscore": mann_whitney_z(d_g, d_f), "floor_c_t_zscore": mann_whitney_z(d_r, d_f),
+            "ci_method": "two-sample percentile bootstrap (generated and floor resampled; threshold re-estimated)",
+        }
+        return MetricResult(value=value, higher_is_better=False, n=int(g.shape[0]), ci_low=lo, ci_high=hi,
+                            floor=floor, warnings=warnings, details=details)

@@ -1,0 +1,127 @@
+"""Captions: building, percentiles, ordinals, parsing (generated and hand-written)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.data.captions import (compute_percentiles, make_caption, ordinal, parse_caption,
+                                 percentile_rank)
+from bench.data.subject import STRUCTURES, Subject
+
+
+def _subject(**kw) -> Subject:
+    base = dict(subject_id="s", split="train", modality="T1", image=Path("x.nii.gz"))
+    base.update(kw)
+    return Subject(**base)
+
+
+def test_ordinals():
+    got = [ordinal(n) for n in (1, 2, 3, 4, 10, 11, 12, 13, 14, 21, 22, 23, 24, 99, 101, 111, 112, 113)]
+    assert got == ["1st", "2nd", "3rd", "4th", "10th", "11th", "12th", "13th", "14th", "21st", "22nd",
+                   "23rd", "24th", "99th", "101st", "111th", "112th", "113th"]
+
+
+def test_percentiles():
+    subs = [_subject(subject_id=str(i), volumes={"thalamus": float(v)}) for i, v in enumerate([5, 1, 3, 2, 4])]
+    subs.append(_subject(subject_id="none"))
+    compute_percentiles(subs)
+    assert [s.percentiles["thalamus"] for s in subs[:5]] == [90.0, 10.0, 50.0, 30.0, 70.0]
+    assert subs[5].percentiles == {}
+    assert percentile_rank(1.0, [1.0] * 1000) == 50.0
+    assert percentile_rank(0.0, list(range(1000))) == 1.0  # clipped to [1, 99]
+    assert percentile_rank(999.0, list(range(1000))) == 99.0
+
+
+def test_make_caption_full():
+    s = _subject(age=63.0, sex="F", synthetic=True,
+                 volumes={"lateral_ventricles": 32.14, "third_ventricle": 1.2, "gm": 620.44, "wm": 480.2,
+                          "csf": 250.0, "icv": 1350.64},
+                 percentiles={"lateral_ventricles": 78.0, "third_ventricle": 21.0})
+    assert make_caption(s) == (
+        "Synthetic phantom. T1-weighted brain MRI of a 63-year-old woman. Lateral ventricles 32.1 mL "
+        "(78th percentile), third ventricle 1.2 mL (21st percentile); grey matter 620.4 mL, white matter "
+        "480.2 mL, CSF 250.0 mL, intracranial volume 1350.6 mL.")
+
+
+@pytest.mark.parametrize("kw,expected", [
+    (dict(modality="FLAIR", age=None, sex=None), "FLAIR brain MRI of a subject."),
+    (dict(modality="PD", age=40.7, sex=None), "proton-density-weighted brain MRI of a 40-year-old subject."),
+    (dict(modality="T2", age=None, sex="M"), "T2-weighted brain MRI of a man."),
+    (dict(modality="T1", age=84.2, sex="M"), "T1-weighted brain MRI of an 84-year-old man."),
+    (dict(modality="T1", age=18.0, sex="F"), "T1-weighted brain MRI of an 18-year-old woman."),
+])
+def test_make_caption_omits_missing(kw, expected):
+    cap = make_caption(_subject(**kw))
+    assert cap == expected
+    assert "Synthetic" not in cap and "mL" not in cap
+
+
+def test_parse_generated_roundtrip_all_fields():
+    vols = {k: 10.0 + i * 3.33 for i, k in enumerate(STRUCTURES)}
+    for mod in ("T1", "T2", "PD", "FLAIR"):
+        for sex in ("F", "M", None):
+            s = _subject(modality=mod, age=71.0, sex=sex, volumes=vols,
+                         percentiles={k: float(1 + 7 * i) for i, k in enumerate(STRUCTURES)})
+            p = parse_caption(make_caption(s))
+            assert (p["modality"], p["age"], p["sex"], p["synthetic"]) == (mod, 71.0, sex, False)
+            assert p["volumes"] == {k: round(v, 1) for k, v in vols.items()}
+            regional = [k for k in STRUCTURES if k not in ("gm", "wm", "csf", "icv")]
+            assert p["percentiles"] == {k: s.percentiles[k] for k in regional}
+            assert p["qualitative"] == {}
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("FLAIR MRI of a 70 year old man with large lateral ventricles",
+     dict(modality="FLAIR", age=70.0, sex="M", qualitative={"lateral_ventricles": "large"})),
+    ("t1w scan of a FEMALE, 45 years old, small hippocampi and enlarged ventricles",
+     dict(modality="T1", age=45.0, sex="F",
+          qualitative={"hippocampus_left": "small", "hippocampus_right": "small",
+                       "lateral_ventricles": "large"})),
+    ("PD-weighted image of a male, aged 33; left hippocampus 4.2 ml (3rd percentile)",
+     dict(modality="PD", age=33.0, sex="M", volumes={"hippocampus_left": 4.2},
+          percentiles={"hippocampus_left": 3.0})),
+    ("T2w brain of a woman; gray matter 700 mL, ICV 1500 cc",
+     dict(modality="T2", sex="F", volumes={"gm": 700.0, "icv": 1500.0})),
+    ("T2-FLAIR, 80-year-old woman, the third ventricle is dilated",
+     dict(modality="FLAIR", age=80.0, sex="F", qualitative={"third_ventricle": "large"})),
+    ("proton density weighted MRI of a man", dict(modality="PD", sex="M")),
+    ("synthetic T2-weighted brain", dict(modality="T2", synthetic=True)),
+])
+def test_parse_hand_written(text, expected):
+    p = parse_caption(text)
+    full = {"modality": None, "age": None, "sex": None, "volumes": {}, "percentiles": {},
+            "qualitative": {}, "synthetic": False}
+    full.update(expected)
+    assert p == full
+
+
+def test_parse_empty():
+    assert parse_caption("a brain") == {"modality": None, "age": None, "sex": None, "volumes": {},
+                                        "percentiles": {}, "qualitative": {}, "synthetic": False}
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    from bench.data.phantom import PhantomCohort
+
+    # same home and spec as tests/test_phantom.py: the cohort is built once per session
+    home = tmp_path_factory.getbasetemp() / "bgb_home"
+    return PhantomCohort.get("3mm", home=home, n_subjects=16, seed=0, workers=1, quiet=True)
+
+
+def test_cohort_captions_roundtrip(cohort):
+    subjects = cohort.subjects
+    for s in subjects:
+        assert s.caption == make_caption(s)  # manifest caption == caption rebuilt from the record
+        p = parse_caption(s.caption)
+        assert p["modality"] == s.modality and p["sex"] == s.sex and p["age"] == s.age
+        assert p["synthetic"] is True
+        for k, v in s.volumes.items():
+            assert p["volumes"][k] == pytest.approx(v, abs=0.05)
+    # percentiles are ranks within the whole cohort
+    lv = sorted(subjects, key=lambda s: s.volumes["lateral_ventricles"])
+    assert [s.percentiles["lateral_ventricles"] for s in lv] == sorted(
+        s.percentiles["lateral_ventricles"] for s in subjects)
+    assert lv[0].percentiles["lateral_ventricles"] == 3.0 and lv[-1].percentiles["lateral_ventricles"] == 97.0
