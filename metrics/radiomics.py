@@ -1,6 +1,7 @@
 """Radiomics realism: the Fréchet Radiomics Distance (FRD, Osuala et al.) on pyradiomics features.
 
-Per volume, pyradiomics (van Griethuysen et al. 2017) extracts the texture and first-order features
+Per volume, pyradiomics (van Griethuysen et al. 2017) — the ``radiomics`` extractor, cached by content
+by the runner — extracts the texture and first-order features
 of :class:`metrics.functional.radiomics.RadiomicsConfig` inside the atlas brain mask, on SimpleITK
 images with the grid's voxel spacing, in parallel worker processes. All features are z-scored with
 the mean/std of the reference set (FRD's first-set normalisation), features constant in the
@@ -15,8 +16,6 @@ The details list per-feature Cohen's d (generated vs reference) and the ten feat
 largest |d|: they say *which* property of the images is off (noise -> first-order entropy, GLCM
 contrast; blur -> GLCM correlation, ...).
 
-Per-volume extraction is :func:`metrics.functional.radiomics.radiomics_features`, public so the
-runner can cache it per volume.
 """
 
 from __future__ import annotations
@@ -26,18 +25,18 @@ import numpy as np
 from metrics.base import EvalSets, Metric, MetricResult, small_n_warning
 from metrics.functional.bootstrap import bootstrap_ci_two_sample
 from metrics.functional.frechet import frechet_distance_from_features
-from metrics.functional.radiomics import (DEFAULT_BIN_WIDTH, DEFAULT_FEATURE_CLASSES, RadiomicsConfig,
-                                          Standardiser, cohens_d, radiomics_feature_matrix, top_effects)
+from metrics.functional.radiomics import Standardiser, cohens_d, top_effects
 
 
 class Radiomics(Metric):
     """FRD between generated and reference pyradiomics features (lower is better).
 
+    The features come from the ``radiomics`` extractor through the runner's content-addressed cache
+    (its configuration — feature classes, bin width, resampling — is set with ``--extractor-args``
+    and recorded in the record's extractor fingerprint).
+
     Args:
-        features: pyradiomics feature classes.
-        bin_width: grey-level bin width on the ``[0, 1]`` intensity scale (1/64: at most 64 levels).
-        workers: extraction processes.
-        resample: isotropic voxel size (mm) to resample to before extraction, or ``None``.
+        extractor: the registered radiomics extractor.
         n_boot: bootstrap resamples for the CI.
     """
 
@@ -45,28 +44,21 @@ class Radiomics(Metric):
     higher_is_better = False
     description = "Fréchet Radiomics Distance on pyradiomics features in the brain mask (Osuala et al.)"
 
-    def __init__(self, *, features: tuple[str, ...] | list[str] = DEFAULT_FEATURE_CLASSES,
-                 bin_width: float = DEFAULT_BIN_WIDTH, workers: int = 2, resample: float | None = None,
-                 n_boot: int = 200):
-        if isinstance(features, str):
-            features = (features,)
-        self.rconfig = RadiomicsConfig(feature_classes=tuple(features), bin_width=float(bin_width),
-                                       resample=None if resample is None else float(resample))
-        self.workers = int(workers)
+    def __init__(self, *, extractor: str = "radiomics", n_boot: int = 200):
+        self.extractor = extractor
         self.n_boot = int(n_boot)
 
+    def extractors(self) -> list[str]:
+        return [self.extractor]
+
     def config(self) -> dict:
-        return {**self.rconfig.to_dict(), "normalisation": "z-score by reference mean/std (ddof=0)",
+        return {"extractor": self.extractor, "normalisation": "z-score by reference mean/std (ddof=0)",
                 "n_boot": self.n_boot}
 
     def compute(self, sets: EvalSets, *, seed: int) -> MetricResult:
-        mask = np.asarray(sets.brain_mask, dtype=bool)
-        # one worker pool for the three sets (process start-up is paid once)
-        parts = [np.asarray(sets.generated), np.asarray(sets.reference), np.asarray(sets.floor)]
-        sizes = np.cumsum([p.shape[0] for p in parts])
-        names, allf = radiomics_feature_matrix(np.concatenate(parts), mask, sets.voxel_size, self.rconfig,
-                                               workers=self.workers)
-        gen, ref, flo = np.split(allf, sizes[:-1])
+        gen, ref, flo = (sets.features(self.extractor, w) for w in ("generated", "reference", "floor"))
+        names = (sets.feature_names(self.extractor) if sets.feature_names else None) or \
+            [f"feature_{i}" for i in range(gen.shape[1])]
         st = Standardiser.fit(ref, gen, flo)
         kept = [nm for nm, k in zip(names, st.keep) if k]
         dropped = [nm for nm, k in zip(names, st.keep) if not k]

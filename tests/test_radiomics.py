@@ -10,6 +10,7 @@ from scipy.ndimage import gaussian_filter
 from metrics.base import EvalSets
 from metrics.functional.radiomics import (DEFAULT_FEATURE_CLASSES, RadiomicsConfig, Standardiser, cohens_d, frd,
                                           radiomics_feature_matrix, radiomics_features, top_effects)
+from metrics.features.radiomics import RadiomicsExtractor
 from metrics.radiomics import Radiomics
 
 SHAPE = (20, 22, 24)
@@ -112,16 +113,20 @@ def test_radiomics_metric(ref_set):
     rng = np.random.default_rng(4)
     gen = np.clip(vols[:6] + 0.05 * rng.standard_normal(vols[:6].shape), 0, 1)[:, None]
     ref, flo = vols[:6, None], vols[4:10, None]
-    sets = EvalSets(generated=gen, reference=ref, floor=flo, brain_mask=ellipsoid(), features=lambda e, s: None,
-                    voxel_size=3.0)
-    r = Radiomics(workers=2, n_boot=50).compute(sets, seed=0)
+    ex = RadiomicsExtractor(workers=2, brain_mask=ellipsoid())
+    arrays = {"generated": gen, "reference": ref, "floor": flo}
+    sets = EvalSets(generated=gen, reference=ref, floor=flo, brain_mask=ellipsoid(),
+                    features=lambda e, s: ex(arrays[s], 3.0), voxel_size=3.0,
+                    feature_names=lambda e: ex.feature_names)
+    r = Radiomics(n_boot=50).compute(sets, seed=0)
+    assert ex.feature_names == list(names)  # the names the metric reports are the columns' names
     st = Standardiser.fit(feats[:6], feats[4:10])
     assert r.floor == pytest.approx(frd(feats[4:10], feats[:6], standardiser=st), rel=1e-6)
     assert r.value > r.floor > 0 and r.higher_is_better is False and r.n == 6
     assert np.isfinite(r.ci_low) and r.ci_low <= r.ci_high
     assert len(r.details["top_effects"]) == 10 and r.details["n_features"] <= 93
     assert any("rank-deficient" in w for w in r.warnings)  # N=6 < features
-    assert r.details["bin_width"] == pytest.approx(1 / 64)
+    assert ex.fingerprint()["bin_width"] == pytest.approx(1 / 64) and len(ex.fingerprint()["mask"]) == 64
 
 
 def test_frd_matches_frd_score_package():

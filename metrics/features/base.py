@@ -1,0 +1,173 @@
+"""The feature-extractor contract shared by every 3D extractor.
+
+An extractor maps a batch of volumes ``(N, 1, D, H, W)`` float32 in ``[0, 1]`` (atlas space, isotropic
+voxels of ``voxel_size`` mm) to an ``(N, dim)`` float64 feature matrix. Extractors are deterministic
+and batch-size invariant: a volume's features depend only on that volume (and the extractor's
+fingerprint), never on its neighbours in the batch or on the batch size. The runner keys its
+content-addressed feature cache on :meth:`FeatureExtractor.fingerprint`, so the fingerprint must hold
+everything that changes the numbers (weights hash, preprocessing, input-size policy, pooling).
+
+Constructors take explicit keyword-only arguments (no ``**kwargs``) so that a typo in a suite file is
+an error, not a silently ignored option.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+log = logging.getLogger("braingenbench.metrics.features")
+
+__all__ = ["FeatureExtractor", "TorchFeatureExtractor", "check_volumes", "sha256_file", "resample_isotropic",
+           "pad_to_multiple", "volume_seed"]
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def volume_seed(volume: np.ndarray) -> int:
+    """A 63-bit seed derived from a volume's bytes (float32, C order).
+
+    Used wherever preprocessing needs randomness (e.g. MedicalNet's background noise): the result is
+    deterministic and independent of the order or batch in which volumes are processed.
+    """
+    data = np.ascontiguousarray(volume, dtype=np.float32)
+    digest = hashlib.sha256(str(data.shape).encode() + data.tobytes()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def check_volumes(volumes: np.ndarray, voxel_size: float, *, who: str) -> np.ndarray:
+    """Validate ``(N, 1, D, H, W)`` input and return it as C-contiguous float32.
+
+    Raises:
+        ValueError: wrong rank/channels, non-finite values or a non-positive voxel size; the message
+            says what was received and what is expected.
+    """
+    arr = np.asarray(volumes)
+    if arr.ndim != 5 or arr.shape[1] != 1:
+        raise ValueError(f"{who}: expected volumes shaped (N, 1, D, H, W), got {arr.shape}; add the channel "
+                         "axis with volumes[:, None] if you have (N, D, H, W)")
+    if not np.isfinite(voxel_size) or voxel_size <= 0:
+        raise ValueError(f"{who}: voxel_size must be a positive number of mm, got {voxel_size!r}")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if arr.size and not np.isfinite(arr).all():
+        raise ValueError(f"{who}: volumes contain NaN or inf; clean them (np.nan_to_num) before feature extraction")
+    return arr
+
+
+def resample_isotropic(x: torch.Tensor, voxel_size: float, spacing_mm: float | None) -> torch.Tensor:
+    """Trilinearly resample ``(B, C, D, H, W)`` from ``voxel_size`` to ``spacing_mm`` (same field of view).
+
+    The output side is ``round(side * voxel_size / spacing_mm)``. ``spacing_mm=None`` or equal spacing
+    returns ``x`` unchanged.
+    """
+    if spacing_mm is None or abs(spacing_mm - voxel_size) < 1e-9:
+        return x
+    size = [max(1, int(round(s * voxel_size / spacing_mm))) for s in x.shape[2:]]
+    return torch.nn.functional.interpolate(x, size=size, mode="trilinear", align_corners=False)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int, value: float | torch.Tensor = 0.0) -> torch.Tensor:
+    """Pad the last three axes of ``(B, C, D, H, W)`` symmetrically (extra voxel at the end) up to a
+    multiple of ``multiple``. ``value`` may be a per-sample tensor of shape (B,)."""
+    pads = []
+    for s in reversed(x.shape[2:]):
+        extra = (-s) % multiple
+        pads += [extra // 2, extra - extra // 2]
+    if not any(pads):
+        return x
+    if isinstance(value, torch.Tensor):
+        out = torch.nn.functional.pad(x, pads, value=0.0)
+        mask = torch.nn.functional.pad(torch.zeros_like(x[:1, :1]), pads, value=1.0).bool()
+        return torch.where(mask, value.view(-1, 1, 1, 1, 1).to(x.dtype), out)
+    return torch.nn.functional.pad(x, pads, value=float(value))
+
+
+class FeatureExtractor:
+    """Base class: volumes in, one feature vector per volume out.
+
+    Subclasses set ``name`` and ``dim`` and implement :meth:`__call__` and :meth:`fingerprint`.
+
+    Attributes:
+        name: registry name (e.g. ``"deepbet"``).
+        dim: feature dimension F of the ``(N, F)`` output.
+        version: bumped whenever the implementation changes the numbers (it is in the fingerprint).
+    """
+
+    name: str = "extractor"
+    dim: int = 0
+    version: str = "1"
+
+    def __call__(self, volumes: np.ndarray, voxel_size: float) -> np.ndarray:
+        """Extract features.
+
+        Args:
+            volumes: ``(N, 1, D, H, W)`` float32 in ``[0, 1]``.
+            voxel_size: isotropic voxel size in mm.
+
+        Returns:
+            ``(N, dim)`` float64.
+        """
+        raise NotImplementedError
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything that changes the numbers: name, version, weights sha256, preprocessing, input-size
+        policy, pooling. JSON-serialisable; the runner hashes it into cache keys and stores it in records."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, dim={self.dim})"
+
+
+class TorchFeatureExtractor(FeatureExtractor):
+    """A :class:`FeatureExtractor` backed by a torch network, processed in batches.
+
+    Subclasses implement :meth:`_features` mapping one float32 batch tensor ``(B, 1, D, H, W)`` (on
+    ``self.device``) to ``(B, dim)``. This class validates the input, batches it, runs under
+    ``torch.no_grad()`` with the network in eval mode, and returns float64. Per-volume preprocessing must
+    not mix information across the batch (no batch statistics), which makes the result batch-size and
+    order invariant up to floating-point reassociation inside the convolution kernels (~1e-6 relative).
+    """
+
+    def __init__(self, *, device: str | torch.device = "cpu", batch_size: int = 4):
+        if int(batch_size) < 1:
+            raise ValueError(f"{type(self).__name__}: batch_size must be >= 1, got {batch_size}")
+        self.device = torch.device(device)
+        self.batch_size = int(batch_size)
+
+    def _features(self, batch: torch.Tensor, voxel_size: float) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _modules_to_eval(self) -> list[torch.nn.Module]:
+        return []
+
+    def __call__(self, volumes: np.ndarray, voxel_size: float,
+                 progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        arr = check_volumes(volumes, voxel_size, who=self.name)
+        for m in self._modules_to_eval():
+            m.eval()
+        out = np.empty((arr.shape[0], self.dim), dtype=np.float64)
+        with torch.no_grad():
+            for start in range(0, arr.shape[0], self.batch_size):
+                batch = torch.from_numpy(arr[start:start + self.batch_size]).to(self.device)
+                feats = self._features(batch, float(voxel_size))
+                if tuple(feats.shape) != (batch.shape[0], self.dim):
+                    raise RuntimeError(f"{self.name}: produced features of shape {tuple(feats.shape)}, "
+                                       f"expected {(batch.shape[0], self.dim)} (this is a bug)")
+                out[start:start + batch.shape[0]] = feats.detach().cpu().double().numpy()
+                if progress is not None:
+                    progress(min(start + self.batch_size, arr.shape[0]), arr.shape[0])
+        if not np.isfinite(out).all():
+            log.warning("%s: some features are not finite; check the input volumes", self.name)
+        return out
