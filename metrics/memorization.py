@@ -6,21 +6,24 @@ samples *closer to the training set than independent real data are*. Held-out re
 reference and floor sets, which must not be in the training set) calibrate what "close" means.
 
 Definitions, with ``d(v) = min_t |φ(v) - φ(t)|`` the distance from a volume's features to its
-nearest training volume's features:
+nearest training volume's features. The held-out real set is the **reference** (the cohort's test
+split, never in training; the runner's matched "floor" subjects come from the training split and
+cannot calibrate this):
 
-* threshold ``τ = quantile_q({d(v) : v ∈ floor})`` — the distance below which only a share ``q``
-  (``quantile``, default 5 %) of held-out real volumes fall;
+* threshold ``τ = quantile_q({d(r) : r ∈ reference})`` — the distance below which only a share
+  ``q`` (``quantile``, default 5 %) of held-out real volumes fall;
 * **value** = share of generated volumes with ``d(g) < τ``. A generator that samples the data
   distribution without copying gives ≈ ``q`` (or less); copying drives it towards 1. Lower is better.
-* **floor** = the same share for the reference set (held-out real, independent of the floor set
-  that set ``τ``): ≈ ``q`` up to sampling noise — the nominal rate.
-* near-exact copies: share of generated volumes with ``d(g) < copy_rel_eps · median_floor d``.
+* **floor** = the same share for held-out real data, cross-fitted: the reference is split in two
+  seeded halves, ``τ`` is set on one half and the share measured on the other (both ways, averaged):
+  ≈ ``q`` up to sampling noise — the nominal rate.
+* near-exact copies: share of generated volumes with ``d(g) < copy_rel_eps · median d(reference)``.
 * ``c_t_zscore``: Meehan et al.'s Mann-Whitney ``Z_U`` between the ``d(g)`` and the held-out
-  ``d(floor)`` distributions, in its global (single-cell) form; ``Z_U ≪ 0`` (e.g. < -3) signals
+  ``d(reference)`` distributions, in its global (single-cell) form; ``Z_U ≪ 0`` (e.g. < -3) signals
   data copying, ``Z_U ≫ 0`` under-fitting.
 
-The CI resamples the generated and floor sets independently (the threshold moves with the floor
-resample).
+The CI resamples the generated and reference sets independently (the threshold moves with the
+reference resample).
 """
 
 from __future__ import annotations
@@ -101,29 +104,31 @@ class Memorization(Metric):
     def compute(self, sets: EvalSets, *, seed: int) -> MetricResult:
         g = get_features(sets, self.extractor, "generated")
         r = get_features(sets, self.extractor, "reference")
-        f = get_features(sets, self.extractor, "floor")
         t = get_features(sets, self.extractor, "train")
-        dim = _check_dims(self.extractor, generated=g, reference=r, floor=f, train=t)
+        dim = _check_dims(self.extractor, generated=g, reference=r, train=t)
         q = self.quantile
         warnings: list[str] = []
-        if f.shape[0] * q < 1.0:
-            msg = (f"memorization: the {q:.0%} quantile of {f.shape[0]} held-out distances is an extrapolation "
-                   f"below the smallest one; the floor is coarse (use >= {int(np.ceil(1 / q))} floor samples)")
+        if r.shape[0] * q < 1.0:
+            msg = (f"memorization: the {q:.0%} quantile of {r.shape[0]} held-out distances is an extrapolation "
+                   f"below the smallest one; the threshold is coarse (use >= {int(np.ceil(1 / q))} prompts)")
             log.warning(msg)
             warnings.append(msg)
 
         d_g, i_g = nearest_neighbours(g, t)
         d_r, i_r = nearest_neighbours(r, t)
-        d_f, _ = nearest_neighbours(f, t)
-        tau = float(np.quantile(d_f, q))
+        if np.median(d_r) == 0:
+            raise ValueError("memorization: the reference volumes are themselves in the training set "
+                             "(zero distance); the held-out reference must come from another split")
+        tau = float(np.quantile(d_r, q))
         value = float(np.mean(d_g < tau))
-        floor = float(np.mean(d_r < tau))
-        lo, hi = bootstrap_ci_two_sample(lambda a, b: float(np.mean(d_g[a] < np.quantile(d_f[b], q))),
-                                         g.shape[0], f.shape[0], n_boot=self.n_boot, seed=seed)
-        flo, fhi = bootstrap_ci_two_sample(lambda a, b: float(np.mean(d_r[a] < np.quantile(d_f[b], q))),
-                                           r.shape[0], f.shape[0], n_boot=self.n_boot, seed=seed)
-        median_f = float(np.median(d_f))
-        copy_eps = self.copy_rel_eps * median_f
+        half = np.random.default_rng([seed, 7]).permutation(r.shape[0])
+        a_idx, b_idx = half[: r.shape[0] // 2], half[r.shape[0] // 2:]
+        floor = float(np.mean([np.mean(d_r[b_idx] < np.quantile(d_r[a_idx], q)),
+                               np.mean(d_r[a_idx] < np.quantile(d_r[b_idx], q))]))
+        lo, hi = bootstrap_ci_two_sample(lambda a, b: float(np.mean(d_g[a] < np.quantile(d_r[b], q))),
+                                         g.shape[0], r.shape[0], n_boot=self.n_boot, seed=seed)
+        median_r = float(np.median(d_r))
+        copy_eps = self.copy_rel_eps * median_r
         copies = float(np.mean(d_g < copy_eps))
         if copies > 0:
             msg = (f"memorization: {copies:.1%} of generated volumes are near-exact copies of training volumes "
@@ -132,17 +137,18 @@ class Memorization(Metric):
             warnings.append(msg)
         details = {
             "extractor": self.extractor, "feature_dim": dim, "n_train": int(t.shape[0]),
-            "nominal_rate": q, "threshold": tau, "floor_ci": [flo, fhi],
+            "nominal_rate": q, "threshold": tau,
             "nearest_train_index": [int(i) for i in i_g],
             "nearest_train_distance": [float(d) for d in d_g],
             "reference_nearest_train_index": [int(i) for i in i_r],
             "reference_nearest_train_distance": [float(d) for d in d_r],
-            "median_nn_distance": {"generated": float(np.median(d_g)), "reference": float(np.median(d_r)),
-                                   "floor": median_f},
+            "median_nn_distance": {"generated": float(np.median(d_g)), "reference": median_r},
             "copy_threshold": copy_eps, "copy_fraction": copies,
             "floor_copy_fraction": float(np.mean(d_r < copy_eps)),
-            "c_t_zscore": mann_whitney_z(d_g, d_f), "floor_c_t_zscore": mann_whitney_z(d_r, d_f),
-            "ci_method": "two-sample percentile bootstrap (generated and floor resampled; threshold re-estimated)",
+            "c_t_zscore": mann_whitney_z(d_g, d_r),
+            "floor_c_t_zscore": mann_whitney_z(d_r[b_idx], d_r[a_idx]),
+            "ci_method": "two-sample percentile bootstrap (generated and reference resampled; threshold re-estimated)",
+            "floor_method": "cross-fitted halves of the held-out reference",
         }
         return MetricResult(value=value, higher_is_better=False, n=int(g.shape[0]), ci_low=lo, ci_high=hi,
                             floor=floor, warnings=warnings, details=details)

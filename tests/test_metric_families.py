@@ -121,7 +121,7 @@ def test_memorization_detects_copies(feats):
     assert max(res.details["nearest_train_distance"]) < 1e-2
     assert res.details["c_t_zscore"] < -5
     assert res.warnings and "near-exact copies" in res.warnings[-1]
-    # the floor (held-out real reference vs threshold from the floor set) sits near the nominal 5 %
+    # the floor (cross-fitted halves of the held-out reference) sits near the nominal 5 %
     assert res.floor <= 0.15 and res.details["floor_copy_fraction"] == 0.0
     _check_result(res, False, 60)
 
@@ -139,11 +139,17 @@ def test_memorization_held_out_real_is_low(feats):
     # Z_U against scipy's Mann-Whitney U
     from scipy.stats import mannwhitneyu
 
-    d_f = np.sort(np.linalg.norm(feats["floor"][:, None] - feats["train"][None], axis=-1).min(1))
+    d_f = np.sort(np.linalg.norm(feats["reference"][:, None] - feats["train"][None], axis=-1).min(1))
     assert tau == pytest.approx(np.quantile(d_f, 0.05), rel=1e-9)
     u = mannwhitneyu(d_g, d_f).statistic
     z = (u - 60 * 60 / 2) / np.sqrt(60 * 60 * 121 / 12)
     assert mann_whitney_z(d_g, d_f) == pytest.approx(z, rel=1e-9)
+
+
+def test_memorization_refuses_reference_inside_train(feats):
+    sets = make_sets({**feats, "reference": feats["train"][:60]})
+    with pytest.raises(ValueError, match="reference volumes are themselves in the training set"):
+        Memorization(extractor="fake").compute(sets, seed=0)
 
 
 def test_memorization_needs_train(feats):
