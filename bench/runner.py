@@ -181,8 +181,21 @@ class ExtractorPool:
 
 
 # -------------------------------------------------------------------------------------------- run
+def code_fingerprint() -> str:
+    """sha256 over the source of the four packages: a run folder is only resumed by the same code."""
+    import hashlib
+
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for pkg in ("bench", "generators", "metrics", "leaderboards"):
+        for f in sorted((root / pkg).rglob("*.py")):
+            h.update(str(f.relative_to(root)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
 def run_id_for(cfg: RunConfig, suite: Suite, gen_args: dict, reference: str) -> str:
-    key = {"generator": registry.generators.canonical(cfg.generator), "generator_args": gen_args,
+    key = {"code": code_fingerprint(),"generator": registry.generators.canonical(cfg.generator), "generator_args": gen_args,
            "extractor_args": cfg.extractor_args, "suite": suite.to_dict(), "reference": reference,
            "seed": cfg.seed if cfg.seed is not None else suite.seed, "limit": cfg.limit, "shard": SHARD}
     return f"{suite.name}-{registry.generators.canonical(cfg.generator)}-{hash_obj(key)[:10]}"
