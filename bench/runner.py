@@ -6,7 +6,8 @@ Stages (each resumable; a run killed half-way keeps what it finished):
 2. prompts — captions of the cohort's test split (seeded order), with the caption-matched reference
    volume and a matched real "floor" subject per prompt;
 3. generate — in fixed shards of ``SHARD`` prompts, each saved to ``<run>/samples/shard_XXXX.npz``;
-4. features — extracted once per (volume bytes, extractor fingerprint) in the content-addressed cache;
+4. features — extracted once per (volume bytes, extractor fingerprint) in the content-addressed cache,
+   and a copy per set kept in ``<run>/features/<extractor>/<set>.npy`` (for paired comparisons);
 5. metrics — each saved to ``<run>/metrics/<key>.json`` as soon as it is done;
 6. record — ``<run>/record.json``.
 
@@ -29,7 +30,7 @@ import numpy as np
 
 from bench import registry
 from bench.args import bind_args
-from bench.cache import FeatureCache, atomic_save_npz, atomic_write_json, hash_obj
+from bench.cache import FeatureCache, atomic_save_npy, atomic_save_npz, atomic_write_json, hash_obj
 from bench.data.captions import parse_caption
 from bench.data.grid import Grid
 from bench.data.subject import Cohort, Subject
@@ -182,12 +183,13 @@ class ExtractorPool:
 
 # -------------------------------------------------------------------------------------------- run
 def code_fingerprint() -> str:
-    """sha256 over the source of the four packages: a run folder is only resumed by the same code."""
+    """sha256 over the source of the packages that make the numbers: a run folder is only resumed by
+    the same code."""
     import hashlib
 
     root = Path(__file__).resolve().parents[1]
     h = hashlib.sha256()
-    for pkg in ("bench", "generators", "metrics", "leaderboards"):
+    for pkg in ("bench", "generators", "metrics"):
         for f in sorted((root / pkg).rglob("*.py")):
             h.update(str(f.relative_to(root)).encode())
             h.update(f.read_bytes())
@@ -270,6 +272,8 @@ def run(cfg: RunConfig) -> Path:
             t0 = time.perf_counter()
             memo[k] = pool.features(extractor, arrays[which])
             timings["features"] = timings.get("features", 0.0) + time.perf_counter() - t0
+            if which != "train":  # kept with the run: `compare` bootstraps paired differences from them
+                atomic_save_npy(run_dir / "features" / k[0] / f"{which}.npy", memo[k])
         return memo[k]
 
     sets = EvalSets(generated=generated, reference=reference_vols, floor=floor_vols,
