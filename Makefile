@@ -7,7 +7,7 @@ SUITE  ?= full
 GENERATOR ?= retrieval
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench clean browser
 
 install: $(STAMP)
 
@@ -24,7 +24,14 @@ $(STAMP): pyproject.toml Makefile
 run: install
 	$(PY) -m bench run --generator $(GENERATOR) --suite $(SUITE)
 
-test: install
+# Headless Chromium + chromedriver for tests/test_site_browser.py (Debian packages; root only).
+browser:
+	@command -v chromedriver >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver; \
+	  else echo "chromedriver not found: install it with 'sudo apt-get install chromium chromium-driver'" \
+	       "(tests/test_site_browser.py is skipped without it)"; fi; }
+
+test: install browser
 	$(PY) -m pytest -q tests
 
 bench: install

@@ -47,6 +47,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs_dir", type=Path)
     p.add_argument("--out", type=Path, default=Path("site"))
 
+    p = sub.add_parser("compare", help="compare two run records (base vs head checkpoint) for a pull request",
+                       description="Per metric present in both records: base, head, delta, the 95% CI of the "
+                                   "difference (paired bootstrap over prompts when both runs used the same "
+                                   "prompts, else from the recorded CIs) and a better / worse / no significant "
+                                   "change verdict. Markdown on stdout (or --out).")
+    p.add_argument("base", type=Path, help="base run folder or its record.json")
+    p.add_argument("head", type=Path, help="head run folder or its record.json")
+    p.add_argument("--fail-on-regression", action="store_true",
+                   help="exit 1 when any metric is significantly worse in head")
+    p.add_argument("--force", action="store_true",
+                   help="compare even when suites, reference cohorts or grids differ")
+    p.add_argument("--format", choices=["markdown", "json"], default="markdown", help="report format")
+    p.add_argument("--out", type=Path, default=None, help="write the report to FILE (default: stdout)")
+
     p = sub.add_parser("cohort", help="build or prepare reference cohorts")
     csub = p.add_subparsers(dest="cohort_command", required=True)
     b = csub.add_parser("build", help="build a synthetic cohort (phantom)")
@@ -96,6 +110,8 @@ def _dispatch(args) -> int:
         for k, v in paths.items():
             print(f"{k}: {v}")
         return 0
+    if args.command == "compare":
+        return _cmd_compare(args)
     if args.command == "cohort":
         from bench import registry
 
@@ -162,6 +178,22 @@ def format_results(rec: dict) -> str:
     if errs:
         lines += ["", "failed metrics (re-run to retry):"] + errs
     return "\n".join(lines)
+
+
+def _cmd_compare(args) -> int:
+    from bench.compare import compare, to_json, to_markdown
+
+    result = compare(args.base, args.head, force=args.force)
+    text = to_json(result) if args.format == "json" else to_markdown(result)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + ("" if text.endswith("\n") else "\n"), encoding="utf-8")
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    if args.fail_on_regression and result.regressions:
+        print("regression: " + ", ".join(m.key for m in result.regressions), file=sys.stderr)
+        return 1
+    return 0
 
 
 def _cmd_ls(what: str) -> int:

@@ -310,7 +310,7 @@ def run(cfg: RunConfig) -> Path:
         "status": "complete",
         "generator": {"name": registry.generators.entry(cfg.generator).name, "args": gen_args,
                       "info": _jsonable(generator.info())},
-        "suite": {k: v for k, v in suite.to_dict().items() if k != "metrics"} | {"n_prompts": len(prompts)},
+        "suite": suite.to_dict() | {"n_prompts": len(prompts)},
         "reference": {"name": cohort.name, "content_hash": cohort.content_hash, "synthetic": cohort.synthetic,
                       "n_subjects": len(cohort.subjects), "label": cohort.meta.get("label", ""),
                       "path": str(cohort.root)},

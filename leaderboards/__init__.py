@@ -25,6 +25,7 @@ from .records import (
     Table,
     build_tables,
     load_records,
+    load_records_with_paths,
 )
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "build_site",
     "build_tables",
     "load_records",
+    "load_records_with_paths",
     "to_markdown",
     "write_csv",
     "write_markdown",
@@ -46,8 +48,9 @@ __all__ = [
 def build_site(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
     """Build the whole leaderboard site from a runs directory.
 
-    Writes ``out_dir/index.html`` (+ ``out_dir/runs/<run_id>.html``), ``out_dir/leaderboard.md``
-    and ``out_dir/leaderboard.csv``.
+    Writes ``out_dir/index.html`` (+ ``out_dir/runs/<run_id>.html`` with its PNGs under
+    ``out_dir/runs/<run_id>/``), ``out_dir/assets/plotly.min.js``, ``out_dir/leaderboard.md`` and
+    ``out_dir/leaderboard.csv``.
 
     Args:
         runs_dir: Directory searched recursively for ``record.json`` files.
@@ -60,7 +63,8 @@ def build_site(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
         NoRecordsError: ``runs_dir`` holds no usable complete record (a ``FileNotFoundError``).
     """
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
-    records = load_records(runs_dir)
+    pairs = load_records_with_paths(runs_dir)
+    records = [rec for _, rec in pairs]
     if not records:
         found = sorted(runs_dir.rglob("record.json")) if runs_dir.is_dir() else []
         if not runs_dir.is_dir():
@@ -72,7 +76,7 @@ def build_site(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
             why = f"no record.json under {runs_dir}"
         raise NoRecordsError(f"{why}; run `python -m bench run ...` first")
     out_dir.mkdir(parents=True, exist_ok=True)
-    index = write_site(records, out_dir)
+    index = write_site(records, out_dir, run_dirs={id(rec): path.parent for path, rec in pairs})
     md = write_markdown(build_tables(records), out_dir / "leaderboard.md")
     csv_path = write_csv(records, out_dir / "leaderboard.csv")
     return {"index": index, "markdown": md, "csv": csv_path, "runs": out_dir / "runs"}

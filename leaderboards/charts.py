@@ -1,111 +1,225 @@
-"""Tiny dependency-free SVG bar charts for the static site.
+"""Interactive plotly charts for the static site, as plain figure dictionaries.
 
-Why SVG rather than plotly: inlining plotly.js costs ~4.8 MB per page (the site must work from
-``file://`` with no network), while these charts are a few kilobytes, need no JavaScript, print
-well and keep every label escaped by construction. One small panel per metric: a horizontal bar
-per run with its confidence interval as an error bar, and the real-vs-real floor as a dashed line.
+Figures are built here as JSON-able ``{"data": [...], "layout": {...}}`` dicts (no plotly Python
+objects needed) and rendered in the page by ``Plotly.newPlot`` from one shared copy of plotly.js
+written to ``SITE_DIR/assets/plotly.min.js`` (see :func:`write_plotly_js`), so each page stays
+small and works from ``file://`` with no network.
+
+Escaping: plotly renders a small HTML subset inside SVG text and decodes entities, so every
+record-supplied label passes through :func:`plot_text` (``& < >`` become entities and show
+literally); the figure JSON is embedded with :func:`figure_json`, which escapes ``<``, ``>`` and
+``&`` so no string can close the ``<script>`` element that carries it.
 """
 
 from __future__ import annotations
 
-from markupsafe import Markup, escape
+import json
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+from markupsafe import Markup
 
 from .records import Column, Table, fmt_number
 
-_W = 340          # panel width
-_LABEL_W = 130    # left label gutter
-_VALUE_W = 62     # right value gutter
-_ROW_H = 18
-_TOP = 26
-_BOTTOM = 22
-_LABEL_CHARS = 20
+logger = logging.getLogger(__name__)
+
+#: Where plotly.js goes, relative to the site root.
+PLOTLY_ASSET = "assets/plotly.min.js"
+
+_GEN = "#2f5fa7"    # generated
+_REF = "#c2571a"    # reference / real
+_BEST = "#4f9a58"
+_BAR = "#9db4d6"
+_FLOOR = "#b5651d"
+_FONT = {"family": "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", "size": 11}
+_LABEL_CHARS = 28
 
 
-def _clip(text: str, n: int = _LABEL_CHARS) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
+def write_plotly_js(out_dir: str | Path) -> Path:
+    """Write plotly.js once to ``out_dir/assets/plotly.min.js`` (skipped when already identical).
+
+    The bundle comes from the installed plotly wheel (``plotly.offline.get_plotlyjs``), no network.
+
+    Args:
+        out_dir: Site root.
+
+    Returns:
+        Path of the script.
+    """
+    from plotly.offline import get_plotlyjs
+
+    js = get_plotlyjs()
+    path = Path(out_dir) / PLOTLY_ASSET
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_file() and path.stat().st_size == len(js.encode("utf-8")):
+        if path.read_text(encoding="utf-8") == js:
+            return path
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(js, encoding="utf-8")
+    tmp.replace(path)
+    return path
 
 
-def _num(x: float) -> str:
-    return f"{x:.1f}"
+def plot_text(text: Any, limit: int | None = None) -> str:
+    """A record string made safe for plotly's pseudo-HTML text (shown literally)."""
+    s = str(text)
+    if limit is not None and len(s) > limit:
+        s = s[: limit - 1] + "…"
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def metric_panel(table: Table, column: Column) -> Markup:
-    """Render one metric of a table as a horizontal bar chart with CI error bars.
+def figure_json(fig: dict) -> Markup:
+    """Serialise a figure for a ``<script type="application/json">`` element (script-safe)."""
+    s = json.dumps(fig, ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_default)
+    s = (s.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+         .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+    return Markup(s)
+
+
+def _default(o: Any) -> Any:
+    try:
+        return float(o)
+    except (TypeError, ValueError):
+        return str(o)
+
+
+def _layout(title: str, height: int, **extra: Any) -> dict:
+    layout = {
+        "title": {"text": title, "font": {"size": 13}, "x": 0.01, "xanchor": "left"},
+        "height": height,
+        "margin": {"l": 10, "r": 20, "t": 36, "b": 36},
+        "font": _FONT,
+        "paper_bgcolor": "#fff",
+        "plot_bgcolor": "#fff",
+        "showlegend": False,
+    }
+    layout.update(extra)
+    return layout
+
+
+def metric_figure(table: Table, column: Column) -> dict:
+    """One metric of a leaderboard as a horizontal bar chart with CI whiskers and the floor line.
 
     Args:
         table: The table whose run rows are plotted.
-        column: The metric column to plot.
+        column: The metric column.
 
     Returns:
-        Safe SVG markup (all text escaped).
+        A plotly figure dict.
     """
-    rows = table.run_rows
-    floor_row = table.floor_row
-    floor = floor_row.cells[column.key].value if floor_row else None
-    height = _TOP + _BOTTOM + _ROW_H * max(1, len(rows))
-    plot_x0, plot_x1 = _LABEL_W, _W - _VALUE_W
-
-    points: list[float] = [0.0]
-    for r in rows:
-        c = r.cells[column.key]
-        points += [v for v in (c.value, c.ci_low, c.ci_high) if v is not None]
+    rows = [r for r in table.run_rows if r.cells[column.key].value is not None]
+    labels = [plot_text(r.label, _LABEL_CHARS) for r in rows]
+    cells = [r.cells[column.key] for r in rows]
+    values = [c.value for c in cells]
+    plus = [(c.ci_high - c.value) if c.has_ci else 0 for c in cells]
+    minus = [(c.value - c.ci_low) if c.has_ci else 0 for c in cells]
+    hover = [f"{plot_text(r.label)}<br>{plot_text(c.text())}"
+             + (f"<br>CI [{fmt_number(c.ci_low)}, {fmt_number(c.ci_high)}]" if c.has_ci else "")
+             + (f"<br>n={c.n}" if c.n is not None else "") for r, c in zip(rows, cells)]
+    bar = {
+        "type": "bar", "orientation": "h", "x": values, "y": labels,
+        "marker": {"color": [_BEST if c.is_best else _BAR for c in cells]},
+        "error_x": {"type": "data", "symmetric": False, "array": plus, "arrayminus": minus,
+                    "color": "#222", "thickness": 1.2, "width": 4},
+        "hovertext": hover, "hoverinfo": "text", "name": plot_text(column.key),
+    }
+    data: list[dict] = [bar]
+    shapes, annotations = [], []
+    floor = table.floor_row.cells[column.key].value if table.floor_row else None
     if floor is not None:
-        points.append(floor)
-    lo, hi = min(points), max(points)
-    if hi - lo <= 0:
-        hi = lo + 1.0
-
-    def sx(v: float) -> float:
-        return plot_x0 + (v - lo) / (hi - lo) * (plot_x1 - plot_x0)
-
-    title = f"{column.key} {column.arrow}".strip()
-    parts = [
-        f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{height}" '
-        f'viewBox="0 0 {_W} {height}" role="img" aria-label="{escape(title)} ({escape(column.direction_text)})">',
-        f'<text x="4" y="15" class="ct">{escape(title)}</text>',
-        f'<text x="{_W - 4}" y="15" class="cd" text-anchor="end">{escape(column.direction_text)}</text>',
-    ]
-    zero = sx(0.0)
-    parts.append(f'<line x1="{_num(zero)}" y1="{_TOP - 4}" x2="{_num(zero)}" '
-                 f'y2="{height - _BOTTOM + 2}" class="axis"/>')
-    for i, r in enumerate(rows):
-        c = r.cells[column.key]
-        y = _TOP + i * _ROW_H
-        cy = y + _ROW_H / 2
-        parts.append(f'<g><title>{escape(r.label)}: {escape(c.text())}</title>')
-        parts.append(f'<text x="{_LABEL_W - 6}" y="{_num(cy + 4)}" text-anchor="end" class="cl">'
-                     f'{escape(_clip(r.label))}</text>')
-        if c.value is None:
-            parts.append(f'<text x="{_num(plot_x0 + 4)}" y="{_num(cy + 4)}" class="cm">—</text></g>')
-            continue
-        x0, x1 = sorted((zero, sx(c.value)))
-        cls = "bar best" if c.is_best else "bar"
-        parts.append(f'<rect x="{_num(x0)}" y="{_num(y + 3)}" width="{_num(max(x1 - x0, 1.0))}" '
-                     f'height="{_ROW_H - 6}" class="{cls}"/>')
-        if c.has_ci:
-            a, b = sx(c.ci_low), sx(c.ci_high)
-            parts.append(f'<path d="M{_num(a)} {_num(cy)}H{_num(b)}M{_num(a)} {_num(cy - 4)}'
-                         f'V{_num(cy + 4)}M{_num(b)} {_num(cy - 4)}V{_num(cy + 4)}" class="err"/>')
-        parts.append(f'<text x="{_W - 4}" y="{_num(cy + 4)}" text-anchor="end" class="cv">'
-                     f'{escape(fmt_number(c.value, 3))}</text></g>')
-    if floor is not None:
-        fx = sx(floor)
-        parts.append(f'<g><title>real vs real (floor): {escape(fmt_number(floor))}</title>'
-                     f'<line x1="{_num(fx)}" y1="{_TOP - 4}" x2="{_num(fx)}" '
-                     f'y2="{height - _BOTTOM + 2}" class="floor"/>'
-                     f'<text x="{_num(fx)}" y="{height - 6}" text-anchor="middle" class="cf">'
-                     f'floor {escape(fmt_number(floor, 3))}</text></g>')
-    parts.append("</svg>")
-    return Markup("".join(parts))
+        shapes.append({"type": "line", "xref": "x", "yref": "paper", "x0": floor, "x1": floor,
+                       "y0": 0, "y1": 1, "line": {"color": _FLOOR, "width": 1.5, "dash": "dash"}})
+        annotations.append({"xref": "x", "yref": "paper", "x": floor, "y": 1.0, "yanchor": "bottom",
+                            "text": f"floor {fmt_number(floor, 3)}", "showarrow": False,
+                            "font": {"size": 10, "color": _FLOOR}})
+    title = f"<b>{plot_text(column.key)}</b> {column.arrow}"
+    height = 96 + 24 * max(1, len(rows))
+    layout = _layout(title, height, shapes=shapes, annotations=annotations,
+                     margin={"l": 10, "r": 20, "t": 46, "b": 30},
+                     xaxis={"zeroline": True, "zerolinecolor": "#999", "gridcolor": "#eee",
+                            "automargin": True},
+                     yaxis={"automargin": True, "autorange": "reversed"},
+                     bargap=0.35)
+    return {"data": data, "layout": layout, "config": {"displayModeBar": False}}
 
 
-def table_chart(table: Table) -> Markup:
-    """All metric panels of a table, one per column.
+def table_figures(table: Table) -> list[dict]:
+    """One figure per metric column of a table (columns without any value are skipped)."""
+    return [metric_figure(table, c) for c in table.columns
+            if any(r.cells[c.key].value is not None for r in table.run_rows)]
+
+
+def histogram_figure(edges: Sequence[float], generated: Sequence[float], reference: Sequence[float],
+                     title: str = "Intensity histograms inside the brain mask") -> dict:
+    """Overlay of two normalised intensity histograms (step lines).
 
     Args:
-        table: The table to chart.
-
-    Returns:
-        Safe markup containing one ``<svg>`` per metric.
+        edges: Bin edges (``len(generated) + 1`` values).
+        generated: Density of the generated volumes per bin.
+        reference: Density of the reference volumes per bin.
+        title: Figure title.
     """
-    return Markup("").join(metric_panel(table, col) for col in table.columns)
+    centres = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
+    def trace(y, name, color):
+        return {"type": "scatter", "mode": "lines", "x": centres, "y": list(y), "name": name,
+                "line": {"color": color, "shape": "hvh", "width": 1.6}, "fill": "tozeroy",
+                "opacity": 0.5}
+    return {"data": [trace(generated, "generated", _GEN), trace(reference, "reference (real)", _REF)],
+            "layout": _layout(title, 300, showlegend=True, legend={"x": 0.99, "xanchor": "right", "y": 0.99},
+                              xaxis={"title": {"text": "intensity"}, "gridcolor": "#eee"},
+                              yaxis={"title": {"text": "density"}, "gridcolor": "#eee"},
+                              margin={"l": 55, "r": 20, "t": 36, "b": 45})}
+
+
+def effects_figure(effects: Sequence[dict], title: str) -> dict:
+    """Horizontal bars of Cohen's d per feature (largest |d| on top)."""
+    names = [plot_text(e["name"], 48) for e in effects]
+    d = [e["d"] for e in effects]
+    return {"data": [{"type": "bar", "orientation": "h", "x": d, "y": names,
+                      "marker": {"color": [_GEN if v >= 0 else _REF for v in d]},
+                      "hovertemplate": "%{y}: d = %{x:.3g}<extra></extra>"}],
+            "layout": _layout(title, 80 + 22 * max(1, len(effects)),
+                              xaxis={"title": {"text": "Cohen's d (generated − reference)"},
+                                     "zeroline": True, "zerolinecolor": "#999", "gridcolor": "#eee"},
+                              yaxis={"automargin": True, "autorange": "reversed"},
+                              margin={"l": 10, "r": 20, "t": 36, "b": 45})}
+
+
+def scatter_figure(generated: Sequence[Sequence[float]], reference: Sequence[Sequence[float]], title: str,
+                   axis_titles: tuple[str, str] = ("PC 1", "PC 2"),
+                   hover_generated: Sequence[str] | None = None,
+                   hover_reference: Sequence[str] | None = None) -> dict:
+    """2-D scatter of generated vs reference points (e.g. a latent-space embedding)."""
+    def trace(pts, name, color, symbol, hover):
+        t = {"type": "scatter", "mode": "markers", "x": [p[0] for p in pts], "y": [p[1] for p in pts],
+             "name": name, "marker": {"color": color, "size": 8, "symbol": symbol, "opacity": 0.8,
+                                      "line": {"width": 0.5, "color": "#fff"}}}
+        if hover:
+            t["text"] = [plot_text(h, 80) for h in hover]
+            t["hovertemplate"] = "%{text}<extra>" + name + "</extra>"
+        return t
+    return {"data": [trace(generated, "generated", _GEN, "circle", hover_generated),
+                     trace(reference, "reference (real)", _REF, "diamond", hover_reference)],
+            "layout": _layout(title, 360, showlegend=True, legend={"x": 0.99, "xanchor": "right", "y": 0.99},
+                              xaxis={"title": {"text": axis_titles[0]}, "gridcolor": "#eee", "zeroline": False},
+                              yaxis={"title": {"text": axis_titles[1]}, "gridcolor": "#eee", "zeroline": False},
+                              margin={"l": 55, "r": 20, "t": 36, "b": 45})}
+
+
+def conformance_figure(requested: Sequence[float], measured: Sequence[float], title: str,
+                       hover: Sequence[str] | None = None) -> dict:
+    """Requested vs measured attribute values with the identity line."""
+    lo = min(min(requested), min(measured))
+    hi = max(max(requested), max(measured))
+    pts = {"type": "scatter", "mode": "markers", "x": list(requested), "y": list(measured),
+           "name": "samples", "marker": {"color": _GEN, "size": 7, "opacity": 0.8}}
+    if hover:
+        pts["text"] = [plot_text(h, 80) for h in hover]
+        pts["hovertemplate"] = "%{text}<br>requested %{x:.4g}<br>measured %{y:.4g}<extra></extra>"
+    ident = {"type": "scatter", "mode": "lines", "x": [lo, hi], "y": [lo, hi], "name": "measured = requested",
+             "line": {"color": "#999", "dash": "dash", "width": 1}, "hoverinfo": "skip"}
+    return {"data": [ident, pts],
+            "layout": _layout(title, 320, xaxis={"title": {"text": "requested"}, "gridcolor": "#eee"},
+                              yaxis={"title": {"text": "measured"}, "gridcolor": "#eee"},
+                              margin={"l": 55, "r": 20, "t": 36, "b": 45})}

@@ -16,6 +16,30 @@ FIELDS = (
 )
 
 
+#: Leading characters a spreadsheet would read as a formula (OWASP "CSV injection").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_text(value: object) -> str:
+    """A text cell that a spreadsheet will not evaluate: a leading ``= + - @`` (or tab / CR) is
+    prefixed with a single quote. Numeric columns are written by :func:`_num` and left as numbers.
+
+    Args:
+        value: Any value; converted with ``str``.
+
+    Returns:
+        The cell text.
+    """
+    s = "" if value is None else str(value)
+    return "'" + s if s.startswith(_FORMULA_START) else s
+
+
+def _seed(value: object) -> object:
+    if value is None:
+        return ""
+    return value if isinstance(value, int) and not isinstance(value, bool) else safe_text(value)
+
+
 def _num(value: object) -> str:
     f = to_float(value)
     return "" if f is None else repr(f)
@@ -26,6 +50,7 @@ def write_csv(records: Iterable[dict], path: str | Path) -> Path:
 
     One row per run and metric. Missing / failed / NaN values are empty cells; ``args`` is the
     canonical JSON of the generator arguments; ``higher_is_better`` is ``true``/``false``/empty.
+    Text cells starting with ``= + - @`` get a leading single quote (no formula injection).
 
     Args:
         records: Run records (as from :func:`leaderboards.records.load_records`).
@@ -48,19 +73,19 @@ def write_csv(records: Iterable[dict], path: str | Path) -> Path:
                 hib = m.get("higher_is_better")
                 n = m.get("n")
                 writer.writerow([
-                    rec["run_id"],
-                    rec["suite"]["name"],
-                    ref.get("name", ""),
-                    rec["generator"]["name"],
-                    canonical_args(rec["generator"].get("args") or {}),
-                    key,
+                    safe_text(rec["run_id"]),
+                    safe_text(rec["suite"]["name"]),
+                    safe_text(ref.get("name", "")),
+                    safe_text(rec["generator"]["name"]),
+                    safe_text(canonical_args(rec["generator"].get("args") or {})),
+                    safe_text(key),
                     _num(m.get("value")),
                     _num(m.get("ci_low")),
                     _num(m.get("ci_high")),
                     _num(m.get("floor")),
                     n if isinstance(n, int) and not isinstance(n, bool) else "",
                     "" if not isinstance(hib, bool) else str(hib).lower(),
-                    ref.get("content_hash") or "",
-                    "" if rec.get("seed") is None else rec.get("seed"),
+                    safe_text(ref.get("content_hash") or ""),
+                    _seed(rec.get("seed")),
                 ])
     return path

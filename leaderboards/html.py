@@ -1,8 +1,10 @@
 """Static, self-contained HTML site: an index with one leaderboard per suite/reference and one
 provenance page per run.
 
-Pages use inline CSS/JS and inline SVG charts only (see :mod:`leaderboards.charts` for why not
-plotly), link relatively, and work from ``file://``. Templates are rendered with jinja2 autoescape
+Pages use inline CSS and interactive plotly charts drawn by one shared ``assets/plotly.min.js``
+(written once per site from the plotly wheel, referenced with a relative ``<script src>``); figure
+data travel in ``<script type="application/json">`` elements. Pages link relatively and work from
+``file://`` with no network. Templates are rendered with jinja2 autoescape
 on, so every record-supplied string (generator names, args, prompts, warnings) is escaped.
 """
 
@@ -16,7 +18,8 @@ from typing import Any, Iterable
 
 import jinja2
 
-from .charts import table_chart
+from .artefacts import RunArtefacts, collect
+from .charts import PLOTLY_ASSET, figure_json, table_figures, write_plotly_js
 from .records import (
     MISSING,
     Table,
@@ -110,32 +113,85 @@ def _table_anchor(i: int) -> str:
     return f"table-{i + 1}"
 
 
-def write_site(records: Iterable[dict], out_dir: str | Path) -> Path:
-    """Write ``index.html`` and ``runs/<run_id>.html`` for a set of run records.
+def _hashes(info: Any, prefix: str = "", depth: int = 0) -> list[tuple[str, str]]:
+    """``(key path, value)`` of hash-like entries (``*sha256*``, ``*hash*``) in generator info."""
+    out: list[tuple[str, str]] = []
+    if not isinstance(info, dict) or depth > 2:
+        return out
+    for k, v in info.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out += _hashes(v, name + ".", depth + 1)
+        elif isinstance(v, str) and re.search(r"sha256|hash|checksum", str(k), re.I):
+            out.append((name, v))
+    return out
+
+
+def _provenance(rec: dict) -> list[tuple[str, str]]:
+    """Key facts for the provenance summary of a run page (all plain strings, escaped later)."""
+    gen = rec.get("generator") if isinstance(rec.get("generator"), dict) else {}
+    ref = reference_of(rec)
+    env = rec.get("environment") if isinstance(rec.get("environment"), dict) else {}
+    rows = [("Generator", f"{gen.get('name')} {format_args(gen.get('args') or {})}".strip())]
+    hashes = _hashes(gen.get("info"))
+    rows += [(f"Checkpoint {k}", v) for k, v in hashes] or [("Checkpoint hash", "none recorded")]
+    rows.append(("Reference cohort", f"{ref.get('name')} — content hash {ref.get('content_hash') or 'unknown'}"))
+    rows.append(("Seed", str(rec.get("seed"))))
+    exs = rec.get("extractors") if isinstance(rec.get("extractors"), dict) else {}
+    for name, fp in sorted(exs.items()):
+        if isinstance(fp, dict):
+            status = f" ({fp['weights_status']})" if fp.get("weights_status") else ""
+            rows.append((f"Extractor {name}", f"version {fp.get('version', '?')}, weights sha256 "
+                                              f"{fp.get('weights_sha256') or 'none'}{status}"))
+    git = env.get("git_revision")
+    if git:
+        rows.append(("Code", f"git {git}" + (" (uncommitted changes)" if env.get("git_dirty") else "")))
+    pk = env.get("packages") if isinstance(env.get("packages"), dict) else {}
+    main = [f"{k} {pk[k]}" for k in ("braingenbench", "torch", "numpy", "monai") if k in pk]
+    if env.get("python") or main:
+        rows.append(("Versions", ", ".join(([f"python {env.get('python')}"] if env.get("python") else []) + main)))
+    timings = rec.get("timings") if isinstance(rec.get("timings"), dict) else {}
+    if to_float(timings.get("total")) is not None:
+        rows.append(("Total time", f"{to_float(timings['total']):.1f} s"))
+    return rows
+
+
+def write_site(records: Iterable[dict], out_dir: str | Path,
+               run_dirs: dict[int, Path] | None = None) -> Path:
+    """Write ``index.html``, ``runs/<run_id>.html`` (+ ``runs/<run_id>/*.png``) and
+    ``assets/plotly.min.js`` for a set of run records.
 
     Args:
         records: Run records (as from :func:`leaderboards.records.load_records`).
         out_dir: Output directory (created if needed).
+        run_dirs: ``id(record)`` to its run folder, for the samples, cohort images and explain
+            maps shown on run pages; runs without one get pages from the record alone.
 
     Returns:
         Path of the written ``index.html``.
     """
     records = list(records)
+    run_dirs = run_dirs or {}
     out_dir = Path(out_dir)
     runs_out = out_dir / "runs"
     runs_out.mkdir(parents=True, exist_ok=True)
+    write_plotly_js(out_dir)
     env = _environment()
     pages = _page_names(records)
     tables: list[Table] = build_tables(records)
 
+    items = []
+    for i, t in enumerate(tables):
+        anchor = _table_anchor(i)
+        figs = [{"id": f"{anchor}-chart-{j + 1}", "json": figure_json(f)}
+                for j, f in enumerate(table_figures(t))]
+        items.append({"t": t, "anchor": anchor, "figures": figs})
     index = env.get_template("index.html").render(
-        tables=[
-            {"t": t, "anchor": _table_anchor(i), "chart": table_chart(t)}
-            for i, t in enumerate(tables)
-        ],
+        tables=items,
         pages=pages,
         n_runs=len(records),
         any_synthetic=any(t.synthetic for t in tables),
+        plotly_src=PLOTLY_ASSET,
         id=id,
     )
     index_path = out_dir / "index.html"
@@ -143,6 +199,16 @@ def write_site(records: Iterable[dict], out_dir: str | Path) -> Path:
 
     run_tpl = env.get_template("run.html")
     for rec in records:
+        page = pages[id(rec)]
+        asset_dir = runs_out / page
+        if asset_dir.is_dir():  # stale PNGs of an earlier build
+            for old in asset_dir.glob("*.png"):
+                old.unlink()
+        try:
+            art = collect(rec, run_dirs.get(id(rec)), asset_dir, page)
+        except Exception as e:  # noqa: BLE001 - one odd run folder must not break the site
+            logger.warning("run page artefacts of %s failed: %s: %s", rec["run_id"], type(e).__name__, e)
+            art = RunArtefacts(missing=[f"artefacts failed: {type(e).__name__}: {e}"])
         prompts = rec.get("prompts") if isinstance(rec.get("prompts"), list) else []
         html = run_tpl.render(
             r=rec,
@@ -150,6 +216,10 @@ def write_site(records: Iterable[dict], out_dir: str | Path) -> Path:
             metrics=_metric_rows(rec),
             prompts=prompts[:MAX_PROMPTS],
             n_prompts=len(prompts),
+            provenance=_provenance(rec),
+            art=art,
+            figures=[dict(f, json=figure_json(f["fig"])) for f in art.figures],
+            plotly_src="../" + PLOTLY_ASSET,
         )
-        (runs_out / f"{pages[id(rec)]}.html").write_text(html, encoding="utf-8")
+        (runs_out / f"{page}.html").write_text(html, encoding="utf-8")
     return index_path

@@ -47,6 +47,9 @@ PREFERRED_ORDER = (
     "conditioning",
 )
 
+#: Order of the sub-results of one metric family.
+SUB_ORDER = ("precision", "recall", "density", "coverage", "w1", "js", "ks", "fd", "mmd", "cosine")
+
 _MAX_ARGS_CHARS = 48
 # Relative tolerance under which per-run floors count as "the same".
 _FLOOR_RTOL = 1e-6
@@ -85,6 +88,18 @@ def _validate(record: Any) -> str | None:
 
 
 def load_records(runs_dir: str | Path) -> list[dict]:
+    """Find and read every complete run record below a directory (see :func:`load_records_with_paths`).
+
+    Args:
+        runs_dir: Directory holding ``<run_id>/record.json`` files (any depth).
+
+    Returns:
+        The usable records, in a deterministic order (sorted by path).
+    """
+    return [rec for _, rec in load_records_with_paths(runs_dir)]
+
+
+def load_records_with_paths(runs_dir: str | Path) -> list[tuple[Path, dict]]:
     """Find and read every complete run record below a directory.
 
     Searches ``runs_dir`` recursively for ``record.json`` files. Files that cannot be read or
@@ -96,12 +111,12 @@ def load_records(runs_dir: str | Path) -> list[dict]:
         runs_dir: Directory holding ``<run_id>/record.json`` files (any depth).
 
     Returns:
-        The usable records, in a deterministic order (sorted by path).
+        ``(path of record.json, record)`` pairs, in a deterministic order (sorted by path).
     """
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         return []
-    records: list[dict] = []
+    records: list[tuple[Path, dict]] = []
     for path in sorted(runs_dir.rglob("record.json")):
         try:
             with path.open("r", encoding="utf-8") as fh:
@@ -117,7 +132,7 @@ def load_records(runs_dir: str | Path) -> list[dict]:
         if status != "complete":
             logger.info("skipping run record %s: status is %r, not 'complete'", path, status)
             continue
-        records.append(record)
+        records.append((path, record))
     return records
 
 
@@ -172,13 +187,18 @@ def reference_of(record: dict) -> dict:
     return ref if isinstance(ref, dict) else {}
 
 
-def metric_sort_key(key: str, family: str | None = None) -> tuple[int, str]:
-    """Sort key implementing the stable preferred column order (fid first, then ssim, ...)."""
+def metric_sort_key(key: str, family: str | None = None) -> tuple[int, int, str]:
+    """Sort key implementing the stable preferred column order (fid first, then ssim, ...).
+
+    Sub-results of one metric (``prdc/precision``, ``histogram/w1``) follow :data:`SUB_ORDER`.
+    """
     candidates = [key, key.split("/", 1)[0]]
     if family:
         candidates.append(family)
     ranks = [PREFERRED_ORDER.index(c) for c in candidates if c in PREFERRED_ORDER]
-    return (min(ranks) if ranks else len(PREFERRED_ORDER), key)
+    sub = key.rsplit("/", 1)[1] if "/" in key else ""
+    sub_rank = SUB_ORDER.index(sub) if sub in SUB_ORDER else len(SUB_ORDER)
+    return (min(ranks) if ranks else len(PREFERRED_ORDER), sub_rank if sub else -1, key)
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,6 +279,18 @@ class Cell:
         up, down = self.ci_high - self.value, self.value - self.ci_low
         half = (self.ci_high - self.ci_low) / 2
         return up >= 0 and down >= 0 and abs(up - down) <= 0.1 * half + 1e-12
+
+    def value_text(self) -> str:
+        """The value alone (``"0.012"`` or ``"—"``)."""
+        return fmt_number(self.value)
+
+    def ci_text(self) -> str:
+        """The uncertainty alone: ``"± 0.0025"``, ``"[0.6, 0.9]"`` or ``""``."""
+        if self.value is None or not self.has_ci:
+            return ""
+        if self.symmetric_ci:
+            return f"± {fmt_number((self.ci_high - self.ci_low) / 2, 2)}"
+        return f"[{fmt_number(self.ci_low)}, {fmt_number(self.ci_high)}]"
 
     def text(self) -> str:
         """``"0.012 ± 0.0025"``, ``"0.71 [0.6, 0.9]"``, ``"0.5"`` or ``"—"``."""

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import leaderboards
@@ -131,9 +132,13 @@ def test_index_rows_links_and_synthetic_note(site):
     assert "fid ↓" in index and "ssim ↑" in index
     # relative links only, self-contained (no external scripts / styles)
     assert 'href="runs/quick-retrieval-1a2b3c4d.html"' in index
-    assert "http://" not in index.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert "http://" not in index
     assert "https://" not in index
-    assert "<svg" in index and "<script>" in index  # inline chart and sort script
+    # plotly.js once, beside the pages, referenced relatively; one figure per metric
+    assert '<script src="assets/plotly.min.js"' in index
+    assert site["index"].with_name("assets").joinpath("plotly.min.js").stat().st_size > 1_000_000
+    assert index.count('class="plot-data"') == 3 + 1  # suite full: fid failed, only ssim
+    assert len(index) < 200_000  # plotly.js is not inlined
 
 
 def test_html_escapes_user_strings(site):
@@ -149,8 +154,14 @@ def test_html_escapes_user_strings(site):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in evil_page
     assert "&#34;&amp;&lt;&gt;" in evil_page or "&quot;&amp;&lt;&gt;" in evil_page
     assert "&lt;b&gt;bold&lt;/b&gt;" in evil_page  # prompts escaped too
-    # the only <script> element is our own sort script
-    assert index.count("<script>") == 1
+    # the only executable inline scripts are our own (sort + chart renderer); figure data
+    # travel as JSON with <, > and & escaped so no string can close its element
+    assert index.count("<script>") == 2
+    for block in re.findall(r'<script type="application/json"[^>]*>(.*?)</script>', index, re.S):
+        assert "<" not in block and ">" not in block
+        json.loads(block)
+    # plotly labels carry the name as entities (shown literally by plotly), JSON-escaped
+    assert "\\u0026lt;script\\u0026gt;alert(1)" in index
 
 
 def test_best_marking_respects_direction(runs_dir):
@@ -177,9 +188,10 @@ def test_best_marking_respects_direction(runs_dir):
 
 def test_best_cell_marked_in_html(site):
     quick = _table_html(site["index"].read_text(encoding="utf-8"), "quick")
-    best_cells = re.findall(r'<td class="num best"[^>]*><strong>([^<]*)</strong>', quick)
+    best_cells = re.findall(r'<td class="num best"[^>]*><strong>([^<]*)</strong><span class="ci">([^<]*)<',
+                            quick)
     # retrieval row (ranked first): fid and w1; evil row: ssim
-    assert best_cells == ["0.012 ± 0.002", "0.004 ± 0.001", "0.75 ± 0.03"]
+    assert best_cells == [("0.012", "± 0.002"), ("0.004", "± 0.001"), ("0.75", "± 0.03")]
 
 
 def test_missing_metric_shows_dash(runs_dir, site):
@@ -304,3 +316,149 @@ def test_package_does_not_import_other_packages():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                           cwd=Path(leaderboards.__file__).parent.parent)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# run folders with samples, a tiny cohort, metric details and explain maps
+# --------------------------------------------------------------------------------------------
+
+SHAPE = (16, 20, 18)
+PNG_1PX = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360f8cfc0f01f0005000201a5f4e4d50000000049454e44ae426082")
+
+
+def _phantom(rng, shape=SHAPE):
+    """A blob-shaped 'brain' in [0, 1] with some noise."""
+    x, y, z = np.meshgrid(*(np.linspace(-1, 1, s) for s in shape), indexing="ij")
+    r = np.sqrt(x ** 2 + (y / 1.1) ** 2 + (z / 0.9) ** 2)
+    vol = np.clip(1.0 - r, 0, 1) * 0.8 + 0.1 * (r < 0.9)
+    return (vol + rng.normal(0, 0.03, shape)).clip(0, 1).astype(np.float32)
+
+
+def make_cohort(root: Path, n: int = 6, seed: int = 0) -> Path:
+    """A tiny cohort folder: manifest.csv (subject_id, image), images/*.nii.gz, brain_mask.nii.gz."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rows = ["subject_id,split,image"]
+    for i in range(n):
+        sid = f"phantom-{i:04d}"
+        nib.save(nib.Nifti1Image(_phantom(rng), np.eye(4)), str(root / "images" / f"{sid}.nii.gz"))
+        rows.append(f"{sid},test,images/{sid}.nii.gz")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    mask = (_phantom(np.random.default_rng(99)) > 0.05).astype(np.uint8)
+    nib.save(nib.Nifti1Image(mask, np.eye(4)), str(root / "brain_mask.nii.gz"))
+    return root
+
+
+def make_run_folder(runs: Path, rec: dict, cohort: Path | None, *, n: int = 6, seed: int = 0,
+                    explain: bool = False) -> Path:
+    """Write record.json + samples/shard_0000.npz (+ explain/) for a record; returns the run folder."""
+    rng = np.random.default_rng(seed + 1)
+    ids = [f"phantom-{i:04d}" for i in range(n)]
+    rec = dict(rec)
+    rec["prompts"] = [{"subject_id": s, "text": f"Synthetic phantom. T1 <i>{s}</i>"} for s in ids]
+    if cohort is not None:
+        rec["reference"] = dict(rec["reference"], path=str(cohort))
+    d = runs / rec["run_id"]
+    (d / "samples").mkdir(parents=True)
+    vols = np.stack([_phantom(rng)[None] for _ in ids])
+    np.savez(d / "samples" / "shard_0000.npz", volumes=vols, subject_ids=np.array(ids))
+    if explain:
+        (d / "explain").mkdir()
+        (d / "explain" / "hippocampus.png").write_bytes(PNG_1PX)
+        (d / "explain" / "fake.png").write_bytes(b"not a png")
+        (runs / "secret.png").write_bytes(PNG_1PX)
+        (d / "explain" / "index.json").write_text(json.dumps({
+            "hippocampus": ["hippocampus.png"], EVIL: ["fake.png"], "escape": ["../../secret.png"]}))
+    (d / "record.json").write_text(json.dumps(rec), encoding="utf-8")
+    return d
+
+
+def rich_metrics(fid: float, ssim: float) -> dict:
+    """Quick metrics plus details: radiomics top effects, a latent embedding, conformance."""
+    m = _quick_metrics(fid, ssim, 0.004)
+    m["radiomics"] = _metric(15.0, 3.0, 12.0, False, family="radiomics", details={
+        "top_effects": [{"feature": "original_firstorder_Entropy", "d": 1.8},
+                        {"feature": "original_glcm_Contrast", "d": -2.4},
+                        {"feature": EVIL, "d": 0.5}]})
+    m["latent/fd"] = _metric(2.0, 0.5, 1.0, False, family="latent_similarity", details={
+        "embedding": {"generated": [[0.1, 0.2], [0.3, -0.1], [-0.2, 0.0]],
+                      "reference": [[0.0, 0.1], [0.2, -0.2], [-0.1, 0.3]],
+                      "method": "pca", "explained_variance": [0.6, 0.2]}})
+    m["conditioning/age"] = _metric(3.0, 1.0, 2.0, False, family="conditioning", details={
+        "requested": [30, 50, 70], "measured": [33, 48, 75]})
+    return m
+
+
+@pytest.fixture()
+def rich_site(tmp_path: Path) -> dict:
+    runs = tmp_path / "runs"
+    cohort = make_cohort(tmp_path / "cohort")
+    make_run_folder(runs, _record("quick-rich-1", "retrieval", {}, rich_metrics(0.02, 0.7)), cohort,
+                    explain=True)
+    make_run_folder(runs, _record("quick-nocohort-2", "template", {}, _quick_metrics(0.3, 0.5, 0.01)),
+                    None, seed=3)
+    return build_site(runs, tmp_path / "site")
+
+
+def test_run_page_artefacts(rich_site):
+    page = (rich_site["runs"] / "quick-rich-1.html").read_text(encoding="utf-8")
+    pngs = sorted(p.name for p in (rich_site["runs"] / "quick-rich-1").glob("*.png"))
+    assert [p for p in pngs if p.startswith("montage_")] == [f"montage_{i}.png" for i in range(4)]
+    for i in range(4):
+        assert f'src="quick-rich-1/montage_{i}.png"' in page
+    assert '<script src="../assets/plotly.min.js"' in page
+    for fig_id in ("fig-hist", "fig-effects-radiomics", "fig-embed-latent_fd", "fig-conf-conditioning_age"):
+        assert f'data-target="{fig_id}"' in page, fig_id
+    # radiomics effects: largest |d| first, escaped in the table
+    table = page[page.index("<summary>Table (radiomics)"):]
+    assert table.index("original_glcm_Contrast") < table.index("original_firstorder_Entropy")
+    assert EVIL not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    # provenance: checkpoint hash line, extractor weights hash, cohort hash
+    assert "Provenance" in page and "f" * 64 in page and PHANTOM_HASH in page
+    # explain: only the real PNG inside explain/ is copied; traversal and fakes are ignored
+    assert pngs.count("explain_000.png") == 1 and len([p for p in pngs if p.startswith("explain_")]) == 1
+    assert "Cross-attention maps" in page and "<code>hippocampus</code>" in page
+
+
+def test_run_page_without_cohort_or_details(rich_site):
+    page = (rich_site["runs"] / "quick-nocohort-2.html").read_text(encoding="utf-8")
+    # montages of the generated volumes only, with a note; no histogram; reasons listed
+    assert 'src="quick-nocohort-2/montage_0.png"' in page and "real image not available" in page
+    assert 'data-target="fig-hist"' not in page
+    assert "Not shown" in page and "no explain/index.json" in page
+    assert "conformance plots: no metric recorded requested/measured values" in page
+
+
+def test_histogram_and_mid_slices():
+    from leaderboards.artefacts import masked_histogram, mid_slices
+
+    vol = np.zeros((4, 6, 8), dtype=np.float32)
+    ax, cor, sag = mid_slices(vol)
+    assert ax.shape == (6, 4) and cor.shape == (8, 4) and sag.shape == (8, 6)
+    vols = np.full((2, 4, 6, 8), 0.25, dtype=np.float32)
+    mask = np.zeros((4, 6, 8), bool)
+    mask[1:3] = True
+    edges = np.linspace(0, 1, 5)
+    h = masked_histogram(vols, mask, edges)
+    assert np.isclose((h * np.diff(edges)).sum(), 1.0) and h.argmax() == 1
+
+
+def test_csv_formula_injection(tmp_path):
+    from leaderboards.csv import safe_text
+
+    assert safe_text("=HYPERLINK(1)") == "'=HYPERLINK(1)"
+    assert [safe_text(x) for x in ("+1", "-x", "@SUM", "ok", "")] == ["'+1", "'-x", "'@SUM", "ok", ""]
+    runs = tmp_path / "runs"
+    rec = _record("quick-evil", '=cmd|" /C calc"!A0', {"x": 1},
+                  {"kid": _metric(-0.001, 0.0005, 0.0, False)})
+    (runs / rec["run_id"]).mkdir(parents=True)
+    (runs / rec["run_id"] / "record.json").write_text(json.dumps(rec), encoding="utf-8")
+    out = build_site(runs, tmp_path / "site")
+    with out["csv"].open(encoding="utf-8", newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert row["generator"] == "'=cmd|\" /C calc\"!A0"
+    assert row["value"] == "-0.001"  # numbers stay numbers
