@@ -98,6 +98,44 @@ class Metric:
         return []
 
 
+def get_features(sets: EvalSets, extractor: str, set_name: str) -> np.ndarray:
+    """``sets.features(extractor, set_name)`` as a checked float64 ``(N, F)`` matrix.
+
+    Raises:
+        ValueError: the runner could not provide the features, or they are malformed.
+    """
+    from metrics.functional.neighbours import as_features
+
+    try:
+        feats = sets.features(extractor, set_name)
+    except Exception as e:  # the runner's error type is not part of the contract
+        raise ValueError(f"could not get {extractor!r} features of the {set_name!r} set ({type(e).__name__}: {e}); "
+                         f"check that extractor {extractor!r} is registered and the {set_name!r} set exists") from e
+    return as_features(feats, f"{extractor} features of {set_name!r}")
+
+
+def check_dims(extractor: str, **arrays: np.ndarray) -> int:
+    """The common feature dimension of several ``(N, F)`` sets (an error when they differ)."""
+    dims = {k: v.shape[1] for k, v in arrays.items()}
+    if len(set(dims.values())) != 1:
+        raise ValueError(f"extractor {extractor!r} returned different feature dimensions per set: {dims}")
+    return next(iter(dims.values()))
+
+
+class FeatureMetric(Metric):
+    """A metric over the features of one extractor (``self.extractor``)."""
+
+    extractor: str
+
+    def extractors(self) -> list[str]:
+        return [self.extractor]
+
+    def feature_sets(self, sets: EvalSets, *names: str) -> tuple:
+        """``(features of each named set ..., common dimension)``."""
+        feats = {n: get_features(sets, self.extractor, n) for n in names}
+        return (*feats.values(), check_dims(self.extractor, **feats))
+
+
 def small_n_warning(n: int, dim: int, what: str) -> list[str]:
     if n < dim:
         msg = (f"{what}: N={n} is below the feature dimension {dim}; covariances are rank-deficient "

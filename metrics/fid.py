@@ -12,10 +12,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from metrics.base import EvalSets, Metric, MetricResult, small_n_warning
+from metrics.base import EvalSets, FeatureMetric, MetricResult, get_features, small_n_warning
 from metrics.functional.bootstrap import bootstrap_ci_two_sample
 from metrics.functional.frechet import frechet_distance_from_features, frechet_distance_infinity
-from metrics.functional.neighbours import as_features
 
 log = logging.getLogger("braingenbench.metrics")
 
@@ -23,27 +22,6 @@ __all__ = ["FID", "get_features", "fd_bootstrap_ci"]
 
 FD_CI_METHOD = ("two-sample percentile bootstrap (generated and reference resampled independently), "
                 "shifted by the bootstrap bias estimate, clipped at 0")
-
-
-def get_features(sets: EvalSets, extractor: str, set_name: str) -> np.ndarray:
-    """``sets.features(extractor, set_name)`` as a checked float64 ``(N, F)`` matrix.
-
-    Raises:
-        ValueError: the runner could not provide the features, or they are malformed.
-    """
-    try:
-        feats = sets.features(extractor, set_name)
-    except Exception as e:  # the runner's error type is not part of the contract
-        raise ValueError(f"could not get {extractor!r} features of the {set_name!r} set ({type(e).__name__}: {e}); "
-                         f"check that extractor {extractor!r} is registered and the {set_name!r} set exists") from e
-    return as_features(feats, f"{extractor} features of {set_name!r}")
-
-
-def _check_dims(extractor: str, **arrays: np.ndarray) -> int:
-    dims = {k: v.shape[1] for k, v in arrays.items()}
-    if len(set(dims.values())) != 1:
-        raise ValueError(f"extractor {extractor!r} returned different feature dimensions per set: {dims}")
-    return next(iter(dims.values()))
 
 
 def fd_bootstrap_ci(x: np.ndarray, y: np.ndarray, *, n_boot: int, seed: int) -> tuple[float, float, float]:
@@ -74,7 +52,7 @@ def fd_bootstrap_ci(x: np.ndarray, y: np.ndarray, *, n_boot: int, seed: int) -> 
     return max(lo - bias, 0.0), max(hi - bias, 0.0), bias
 
 
-class FID(Metric):
+class FID(FeatureMetric):
     """Fréchet distance between generated and reference features (lower is better).
 
     * value: ``FD(generated, reference)``; floor: ``FD(floor, reference)`` (real vs real at equal N).
@@ -104,14 +82,8 @@ class FID(Metric):
         return {"extractor": self.extractor, "n_boot": self.n_boot, "infinity": self.infinity,
                 "covariance": "unbiased (ddof=1)", "ci": FD_CI_METHOD + ", 95%"}
 
-    def extractors(self) -> list[str]:
-        return [self.extractor]
-
     def compute(self, sets: EvalSets, *, seed: int) -> MetricResult:
-        g = get_features(sets, self.extractor, "generated")
-        r = get_features(sets, self.extractor, "reference")
-        f = get_features(sets, self.extractor, "floor")
-        dim = _check_dims(self.extractor, generated=g, reference=r, floor=f)
+        g, r, f, dim = self.feature_sets(sets, "generated", "reference", "floor")
         warnings = small_n_warning(min(g.shape[0], r.shape[0]), dim, f"FID[{self.extractor}]")
 
         value = frechet_distance_from_features(g, r)

@@ -6,8 +6,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from metrics.base import EvalSets, Metric, MetricResult
-from metrics.fid import _check_dims, get_features
+from metrics.base import EvalSets, FeatureMetric, MetricResult
 from metrics.functional.bootstrap import bootstrap_ci_two_sample
 from metrics.functional.kernel import kid, mmd2_from_kernel_indices, polynomial_kernel
 
@@ -25,7 +24,7 @@ def kernel_bootstrap_ci(x: np.ndarray, y: np.ndarray, kernel, *, n_boot: int, se
                                    y.shape[0], n_boot=n_boot, seed=seed)
 
 
-class KID(Metric):
+class KID(FeatureMetric):
     """Kernel Inception Distance on 3D features (lower is better; ≈ 0, possibly negative, for a match).
 
     * value: mean over ``n_subsets`` random subsets of the unbiased MMD² with the kernel
@@ -57,14 +56,8 @@ class KID(Metric):
                 "n_boot": self.n_boot, "kernel": "polynomial degree=3 gamma=1/F coef0=1",
                 "ci": "two-sample percentile bootstrap of full-set MMD², 95%"}
 
-    def extractors(self) -> list[str]:
-        return [self.extractor]
-
     def compute(self, sets: EvalSets, *, seed: int) -> MetricResult:
-        g = get_features(sets, self.extractor, "generated")
-        r = get_features(sets, self.extractor, "reference")
-        f = get_features(sets, self.extractor, "floor")
-        dim = _check_dims(self.extractor, generated=g, reference=r, floor=f)
+        g, r, f, dim = self.feature_sets(sets, "generated", "reference", "floor")
         res = kid(g, r, subset_size=self.subset_size, n_subsets=self.n_subsets, seed=seed)
         fres = kid(f, r, subset_size=self.subset_size, n_subsets=self.n_subsets, seed=seed)
         lo, hi = kernel_bootstrap_ci(g, r, polynomial_kernel, n_boot=self.n_boot, seed=seed)

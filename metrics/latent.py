@@ -18,8 +18,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from metrics.base import EvalSets, Metric, MetricResult, small_n_warning
-from metrics.fid import FD_CI_METHOD, _check_dims, fd_bootstrap_ci, get_features
+from metrics.base import EvalSets, FeatureMetric, MetricResult, small_n_warning
+from metrics.fid import FD_CI_METHOD, fd_bootstrap_ci
 from metrics.functional.bootstrap import mean_ci
 from metrics.functional.frechet import frechet_distance_from_features
 from metrics.functional.kernel import gaussian_kernel, gaussian_mmd2, median_heuristic_bandwidth
@@ -64,7 +64,7 @@ def pca_2d(*blocks: np.ndarray) -> tuple[list[np.ndarray], list[float]]:
     return out, [float(v) for v in ratio]
 
 
-class LatentSimilarity(Metric):
+class LatentSimilarity(FeatureMetric):
     """Fréchet distance, Gaussian MMD² and paired cosine similarity in a latent feature space.
 
     Args:
@@ -87,14 +87,8 @@ class LatentSimilarity(Metric):
                 "ci": "fd: bias-shifted two-sample percentile bootstrap; mmd: two-sample percentile bootstrap "
                       "(copies never paired); cosine: paired bootstrap of the mean; 95%"}
 
-    def extractors(self) -> list[str]:
-        return [self.extractor]
-
     def compute(self, sets: EvalSets, *, seed: int) -> dict[str, MetricResult]:
-        g = get_features(sets, self.extractor, "generated")
-        r = get_features(sets, self.extractor, "reference")
-        f = get_features(sets, self.extractor, "floor")
-        dim = _check_dims(self.extractor, generated=g, reference=r, floor=f)
+        g, r, f, dim = self.feature_sets(sets, "generated", "reference", "floor")
         n = int(g.shape[0])
         base = {"extractor": self.extractor, "feature_dim": dim, "n_reference": int(r.shape[0]),
                 "n_floor": int(f.shape[0])}

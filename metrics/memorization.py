@@ -33,8 +33,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from metrics.base import EvalSets, Metric, MetricResult
-from metrics.fid import _check_dims, get_features
+from metrics.base import EvalSets, FeatureMetric, MetricResult
 from metrics.functional.bootstrap import bootstrap_ci_two_sample
 from metrics.functional.neighbours import nearest_neighbours
 
@@ -61,7 +60,7 @@ def mann_whitney_z(d_query: np.ndarray, d_test: np.ndarray) -> float:
     return float((u - m * n / 2.0) / np.sqrt(m * n * (m + n + 1) / 12.0))
 
 
-class Memorization(Metric):
+class Memorization(FeatureMetric):
     """Share of generated volumes closer to a training volume than held-out real volumes are.
 
     See the module docstring for the exact definitions. Needs ``sets.features(extractor, "train")``.
@@ -98,14 +97,8 @@ class Memorization(Metric):
                 "n_boot": self.n_boot, "distance": "euclidean, nearest training sample",
                 "threshold": "quantile of floor-set NN distances", "ci": "two-sample percentile bootstrap, 95%"}
 
-    def extractors(self) -> list[str]:
-        return [self.extractor]
-
     def compute(self, sets: EvalSets, *, seed: int) -> MetricResult:
-        g = get_features(sets, self.extractor, "generated")
-        r = get_features(sets, self.extractor, "reference")
-        t = get_features(sets, self.extractor, "train")
-        dim = _check_dims(self.extractor, generated=g, reference=r, train=t)
+        g, r, t, dim = self.feature_sets(sets, "generated", "reference", "train")
         q = self.quantile
         warnings: list[str] = []
         if r.shape[0] * q < 1.0:

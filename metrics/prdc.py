@@ -6,8 +6,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from metrics.base import EvalSets, Metric, MetricResult
-from metrics.fid import _check_dims, get_features
+from metrics.base import EvalSets, FeatureMetric, MetricResult
 from metrics.functional.bootstrap import bootstrap_ci_two_sample
 from metrics.functional.neighbours import pairwise_distances
 from metrics.functional.prdc import PRDC_KEYS, prdc_from_distances
@@ -36,7 +35,7 @@ def _prdc_with_ci(real: np.ndarray, fake: np.ndarray, *, k: int, n_boot: int, se
     return values, cis
 
 
-class PRDC(Metric):
+class PRDC(FeatureMetric):
     """Precision, recall, density and coverage of generated vs reference features (higher is better).
 
     Returns four results keyed ``"precision"``, ``"recall"``, ``"density"``, ``"coverage"``; each
@@ -62,14 +61,8 @@ class PRDC(Metric):
         return {"extractor": self.extractor, "k": self.k, "n_boot": self.n_boot, "distance": "euclidean",
                 "ci": "two-sample percentile bootstrap, 95%"}
 
-    def extractors(self) -> list[str]:
-        return [self.extractor]
-
     def compute(self, sets: EvalSets, *, seed: int) -> dict[str, MetricResult]:
-        g = get_features(sets, self.extractor, "generated")
-        r = get_features(sets, self.extractor, "reference")
-        f = get_features(sets, self.extractor, "floor")
-        dim = _check_dims(self.extractor, generated=g, reference=r, floor=f)
+        g, r, f, dim = self.feature_sets(sets, "generated", "reference", "floor")
         vals, cis = _prdc_with_ci(r, g, k=self.k, n_boot=self.n_boot, seed=seed)
         fvals, fcis = _prdc_with_ci(r, f, k=self.k, n_boot=self.n_boot, seed=seed)
         out = {}

@@ -21,7 +21,6 @@ contrast; blur -> GLCM correlation, ...).
 
 from __future__ import annotations
 
-import numpy as np
 
 from metrics.base import EvalSets, Metric, MetricResult, small_n_warning
 from metrics.fid import FD_CI_METHOD, fd_bootstrap_ci

@@ -24,7 +24,7 @@ import torch
 log = logging.getLogger("braingenbench.metrics.features")
 
 __all__ = ["FeatureExtractor", "TorchFeatureExtractor", "check_volumes", "sha256_file", "resample_isotropic",
-           "pad_to_multiple", "volume_seed"]
+           "pad_to_multiple", "pool_features", "volume_seed"]
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -92,6 +92,14 @@ def pad_to_multiple(x: torch.Tensor, multiple: int, value: float | torch.Tensor 
         mask = torch.nn.functional.pad(torch.zeros_like(x[:1, :1]), pads, value=1.0).bool()
         return torch.where(mask, value.view(-1, 1, 1, 1, 1).to(x.dtype), out)
     return torch.nn.functional.pad(x, pads, value=float(value))
+
+
+def pool_features(z: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Global pooling of ``(B, C, ...)`` activations: ``"mean"`` -> ``(B, C)``; ``"mean+std"`` -> ``(B, 2C)``."""
+    z = z.flatten(2)
+    if pooling == "mean":
+        return z.mean(-1)
+    return torch.cat([z.mean(-1), z.std(-1, unbiased=False)], dim=1)
 
 
 class FeatureExtractor:

@@ -34,7 +34,8 @@ from pathlib import Path
 
 import torch
 
-from metrics.features.base import TorchFeatureExtractor, pad_to_multiple, resample_isotropic, sha256_file
+from metrics.features.base import (TorchFeatureExtractor, pad_to_multiple, pool_features, resample_isotropic,
+                                    sha256_file)
 
 log = logging.getLogger("braingenbench.metrics.features")
 
@@ -160,10 +161,7 @@ class DeepBetExtractor(TorchFeatureExtractor):
         return x
 
     def _features(self, batch: torch.Tensor, voxel_size: float) -> torch.Tensor:
-        z = self.bottleneck(self.preprocess(batch, voxel_size)).flatten(2)
-        if self.pooling == "mean":
-            return z.mean(-1)
-        return torch.cat([z.mean(-1), z.std(-1, unbiased=False)], dim=1)
+        return pool_features(self.bottleneck(self.preprocess(batch, voxel_size)), self.pooling)
 
     def fingerprint(self) -> dict:
         return {

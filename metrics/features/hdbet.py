@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from metrics.features.base import TorchFeatureExtractor, resample_isotropic, sha256_file
+from metrics.features.base import TorchFeatureExtractor, pool_features, resample_isotropic, sha256_file
 
 log = logging.getLogger("braingenbench.metrics.features")
 
@@ -127,10 +127,7 @@ class HDBetExtractor(TorchFeatureExtractor):
         return torch.nn.functional.leaky_relu(n.bn_after_context5(x), negative_slope=n.leakiness)
 
     def _features(self, batch: torch.Tensor, voxel_size: float) -> torch.Tensor:
-        z = self.bottleneck(self.preprocess(batch, voxel_size)).flatten(2)
-        if self.pooling == "mean":
-            return z.mean(-1)
-        return torch.cat([z.mean(-1), z.std(-1, unbiased=False)], dim=1)
+        return pool_features(self.bottleneck(self.preprocess(batch, voxel_size)), self.pooling)
 
     def fingerprint(self) -> dict:
         return {
