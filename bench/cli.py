@@ -70,6 +70,36 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--n-subjects", type=int, default=400)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--workers", type=int, default=2)
+    pr = csub.add_parser("prepare", help="prepare a real dataset (ixi, oasis1, ibsr, kirby21, bids) from its download",
+                         description="Read a public dataset as its download unpacks, bring every scan into atlas "
+                                     "space (RAS+, N4, brain extraction, affine + demons registration to ICBM152, "
+                                     "atlas-label volumes in native space, QC) and write a cohort folder usable as "
+                                     "--reference DIR. Resumable; failures go to DIR/failed.csv.")
+    pr.add_argument("name", help="dataset: ixi, oasis1, ibsr, kirby21 or bids")
+    pr.add_argument("raw_dir", type=Path, help="the folder the download unpacks to")
+    pr.add_argument("--out", type=Path, default=None,
+                    help="cohort folder (default: $BRAINGENBENCH_HOME/cohorts/<name>-<grid>, found by --reference <name>)")
+    pr.add_argument("--grid", default="3mm", choices=["3mm", "2mm", "1mm"])
+    pr.add_argument("--workers", type=int, default=1, help="processes, one session each (default 1)")
+    pr.add_argument("--skull-strip", default="deepbet", choices=["deepbet", "threshold", "none"],
+                    help="brain extraction: deepbet (T1w network; T2/PD/FLAIR reuse the T1 mask), threshold, none")
+    pr.add_argument("--deformable", default="demons", choices=["demons", "bspline", "none"],
+                    help="deformable registration stage after the affine (default demons)")
+    pr.add_argument("--modalities", default=None, help="comma-separated subset, e.g. T1,T2 (default: all)")
+    pr.add_argument("--limit", type=int, default=None, help="only the first N sessions")
+    pr.add_argument("--keep-qc-failures", action="store_true",
+                    help="keep scans that fail registration QC in their split (default: split 'excluded')")
+
+    p = sub.add_parser("explain", help="cross-attention maps per caption token for one prompt",
+                       description="Sample one volume for PROMPT and write, per caption token, the "
+                                   "cross-attention map (NIfTI + PNG mid-slices) and index.json to OUT.")
+    p.add_argument("--generator", default="ldm3d")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--generator-args", default="", metavar="K=V,...")
+    p.add_argument("--suite", default="quick", help="suite whose reference cohort and grid to use")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
     p = sub.add_parser("prompts", help="export a suite's prompts as CSV (for the folder adapter)")
     p.add_argument("--suite", required=True)
@@ -112,6 +142,8 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "compare":
         return _cmd_compare(args)
+    if args.command == "cohort" and args.cohort_command == "prepare":
+        return _cmd_prepare(args)
     if args.command == "cohort":
         from bench import registry
 
@@ -129,7 +161,25 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "prompts":
         return _cmd_prompts(args)
+    if args.command == "explain":
+        return _cmd_explain(args)
     raise AssertionError(args.command)
+
+
+def _cmd_prepare(args) -> int:
+    from bench.data.prepare import EXCLUDED_SPLIT, prepare_cohort
+
+    mods = [m.strip() for m in args.modalities.split(",") if m.strip()] if args.modalities else None
+    cohort = prepare_cohort(args.name, args.raw_dir, args.out, grid=args.grid, workers=args.workers,
+                            skull_strip=args.skull_strip, deformable=args.deformable, modalities=mods,
+                            limit=args.limit, keep_qc_failures=args.keep_qc_failures, quiet=args.quiet)
+    splits = {s: len(cohort.split(s)) for s in ("train", "val", "test")}
+    excluded = sum(1 for s in cohort.subjects if s.split == EXCLUDED_SPLIT)
+    print(f"{cohort.name}: {len(cohort.subjects)} scans {splits}, {excluded} excluded by QC, "
+          f"{cohort.meta.get('n_failed', 0)} failed, on {cohort.grid.name} at {cohort.root}")
+    if cohort.meta.get("n_failed"):
+        print(f"failures: {cohort.root / 'failed.csv'}")
+    return 0
 
 
 def _cmd_run(args) -> int:
@@ -206,6 +256,26 @@ def _cmd_ls(what: str) -> int:
         alias = f" (aliases: {', '.join(e.aliases)})" if e.aliases else ""
         src = "" if e.source == "builtin" else f" [{e.source}]"
         print(f"{e.name:<22} {e.description}{alias}{src}")
+    return 0
+
+
+def _cmd_explain(args) -> int:
+    from bench import registry
+    from bench.args import parse_kv
+    from bench.runner import build_generator, resolve_cohort, resolve_device
+    from bench.suite import load_suite
+    from generators.base import GeneratorContext
+
+    registry.generators.canonical(args.generator)
+    suite = load_suite(args.suite)
+    cohort = resolve_cohort(suite.reference, suite.grid, suite.reference_args, args.quiet)
+    ctx = GeneratorContext(cohort=cohort, grid=suite.grid, device=resolve_device(args.device), quiet=args.quiet)
+    gen, _ = build_generator(args.generator, parse_kv(args.generator_args), ctx)
+    explain = getattr(gen, "explain", None)
+    if explain is None:
+        raise ValueError(f"generator {args.generator!r} does not expose attention maps (no explain method)")
+    index = explain(args.prompt, args.out, seed=args.seed)
+    print(f"attention maps: {index}")
     return 0
 
 

@@ -228,10 +228,9 @@ def _compute_priors(voxel_size_mm: float, shape: tuple[int, int, int], affine: n
 
 def braingenbench_home(home: str | Path | None = None) -> Path:
     """The cache root: ``home`` or ``$BRAINGENBENCH_HOME`` or ``~/.cache/braingenbench``."""
-    if home is not None:
-        return Path(home).expanduser()
-    env = os.environ.get("BRAINGENBENCH_HOME")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "braingenbench"
+    from bench.cache import home as default_home
+
+    return Path(home).expanduser() if home is not None else default_home()
 
 
 def _grid_key(voxel_size_mm: float, shape, affine) -> str:
