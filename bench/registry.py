@@ -147,6 +147,14 @@ generators.register("template", "generators.template:TemplateGenerator", aliases
                     description="mean training image of the requested modality plus noise (floor)")
 generators.register("folder", "generators.folder:FolderGenerator",
                     description="NIfTI samples produced elsewhere + a manifest CSV of prompts")
+generators.register("ldm3d", "generators.ldm3d.generator:Ldm3dGenerator",
+                    description="in-house text-conditioned 3D latent diffusion (DDIM + classifier-free guidance)")
+generators.register("ldm3d-uncond", "generators.ldm3d_uncond:Ldm3dUncondGenerator", aliases=("ldm3d_uncond",),
+                    description="ldm3d sampled from its learned null context only (prompt dropped): what text adds")
+generators.register("pca", "generators.pca:PCAGenerator", aliases=("appearance-model",),
+                    description="per-modality PCA appearance model, coefficients ridge-regressed on caption attributes")
+generators.register("slice2d", "generators.slice2d.generator:Slice2dGenerator", aliases=("slice-2d",),
+                    description="2D text-conditioned latent diffusion on axial slices, stacked into a volume")
 
 extractors.register("random3d", "metrics.features.random3d:Random3DExtractor",
                     description="seeded random 3D conv net (tests only)")
@@ -162,6 +170,8 @@ extractors.register("medicalnet-r34", "metrics.features.medicalnet:MedicalNet34"
                     description="MedicalNet ResNet-34 layer4 pooled, 512-d (needs resnet_34_23dataset.pth)")
 extractors.register("medicalnet-r50", "metrics.features.medicalnet:MedicalNet50", aliases=("medicalnet", "med3d"),
                     description="MedicalNet ResNet-50 layer4 pooled, 2048-d (needs resnet_50_23dataset.pth)")
+extractors.register("ldm3d-latent", "bench.latent:Ldm3dLatentExtractor", aliases=("ldm3d_latent",),
+                    description="posterior mean of the ldm3d autoencoder, pooled (latent-space similarity)")
 extractors.register("radiomics", "metrics.features.radiomics:RadiomicsExtractor", aliases=("pyradiomics",),
                     description="pyradiomics first-order + texture features in the atlas brain mask")
 extractors.register("hdbet", "metrics.features.hdbet:HDBetExtractor", aliases=("hd-bet",),
@@ -183,6 +193,17 @@ metrics.register("histogram", "metrics.histogram:HistogramDistance", aliases=("h
                  description="intensity-histogram distances in the brain mask (W1, JS, KS), per modality")
 metrics.register("radiomics", "metrics.radiomics:Radiomics", aliases=("frd",),
                  description="Fréchet radiomics distance + per-feature effect sizes (pyradiomics)")
+metrics.register("conformance", "metrics.conformance:Conformance", aliases=("prompt-conformance",),
+                 description="modality/sex accuracy, age and structure-volume MAE and r of generated volumes vs prompt")
+metrics.register("through_plane", "metrics.consistency:ThroughPlaneConsistency",
+                 aliases=("through-plane", "slice_consistency"),
+                 description="adjacent-slice decorrelation along the axial axis vs in-plane, relative to real volumes")
 
 cohorts.register("phantom", "bench.data.phantom:PhantomCohort",
                  description="SYNTHETIC cohort built offline from ICBM152 + Neuromorphometrics priors")
+for _name, _cls, _desc in (("ixi", "IXICohort", "IXI (T1/T2/PD, 3 London sites), prepared from its download"),
+                           ("oasis1", "OASIS1Cohort", "OASIS-1 cross-sectional T1w, prepared from its download"),
+                           ("ibsr", "IBSRCohort", "IBSR V2.0 T1w with manual labels, prepared from its download"),
+                           ("kirby21", "KIRBY21Cohort", "Kirby21 MPRAGE/T2w/FLAIR, prepared from its download"),
+                           ("bids", "BIDSCohort", "any BIDS dataset (participants.tsv + anat/*_T1w ...), prepared")):
+    cohorts.register(_name, f"bench.data.prepare:{_cls}", description=_desc)

@@ -125,3 +125,43 @@ def test_cohort_captions_roundtrip(cohort):
     assert [s.percentiles["lateral_ventricles"] for s in lv] == sorted(
         s.percentiles["lateral_ventricles"] for s in subjects)
     assert lv[0].percentiles["lateral_ventricles"] == 3.0 and lv[-1].percentiles["lateral_ventricles"] == 97.0
+
+
+# ---------------------------------------------------------------- every form the cohorts produce
+@pytest.mark.parametrize("age", [18.0, 20.0, 21.0, 80.0, 83.0, 89.0, 90.0, 64.6])
+@pytest.mark.parametrize("sex", ["F", "M", None])
+def test_roundtrip_every_age_article_and_sex(age, sex):
+    """'a'/'an' ('an 18-', 'an 80..89-year-old'), woman/man/subject; ages are floored to whole years."""
+    cap = make_caption(_subject(modality="PD", age=age, sex=sex, synthetic=True))
+    p = parse_caption(cap)
+    assert (p["modality"], p["age"], p["sex"], p["synthetic"]) == ("PD", float(int(age)), sex, True)
+
+
+@pytest.mark.parametrize("kw", [
+    dict(modality="FLAIR", age=None, sex=None), dict(modality="PD", age=40.7, sex=None),
+    dict(modality="T2", age=None, sex="M"), dict(modality="T1", age=84.2, sex="M"),
+    dict(modality="T1", age=18.0, sex="F")])
+def test_roundtrip_captions_with_missing_fields(kw):
+    p = parse_caption(make_caption(_subject(**kw)))
+    assert p["modality"] == kw["modality"] and p["sex"] == kw["sex"]
+    assert p["age"] == (None if kw["age"] is None else float(int(kw["age"])))
+    assert p["volumes"] == {} and p["percentiles"] == {}
+
+
+@pytest.mark.parametrize("pct", [1, 2, 3, 4, 11, 12, 13, 21, 22, 23, 50, 99])
+def test_roundtrip_every_ordinal_percentile(pct):
+    s = _subject(volumes={"lateral_ventricles": 12.34, "hippocampus_left": 3.96, "icv": 1402.1},
+                 percentiles={"lateral_ventricles": float(pct), "hippocampus_left": float(100 - pct)})
+    p = parse_caption(make_caption(s))
+    assert p["volumes"] == {"lateral_ventricles": 12.3, "hippocampus_left": 4.0, "icv": 1402.1}
+    assert p["percentiles"] == {"lateral_ventricles": float(pct), "hippocampus_left": float(100 - pct)}
+
+
+def test_regional_only_and_tissue_only_captions():
+    regional = make_caption(_subject(volumes={"thalamus": 20.0, "putamen": 10.5}, percentiles={"thalamus": 40.0}))
+    assert regional.endswith("Thalamus 20.0 mL (40th percentile), putamen 10.5 mL.")
+    p = parse_caption(regional)
+    assert p["volumes"] == {"thalamus": 20.0, "putamen": 10.5} and p["percentiles"] == {"thalamus": 40.0}
+    tissue = make_caption(_subject(volumes={"gm": 600.0, "csf": 210.0}))
+    assert tissue.endswith("Grey matter 600.0 mL, CSF 210.0 mL.")
+    assert parse_caption(tissue)["volumes"] == {"gm": 600.0, "csf": 210.0}

@@ -1,0 +1,222 @@
+"""Caption -> cross-attention context.
+
+The context of one caption is the concatenation of
+
+1. the per-token MiniLM embeddings of the caption, linearly projected to ``context_dim`` (padding
+   tokens are zero, so their keys/values are zero), and
+2. a few *attribute tokens* built from :func:`bench.data.captions.parse_caption`: modality (one-hot),
+   sex, z-scored age, and per structure its z-scored volume, centred percentile and the
+   "large"/"small" qualifier, each with a missing flag, mapped by a small per-attribute linear layer
+   whose bias doubles as the attribute's identity embedding.
+
+Pinaya et al. 2022 conditioned their brain LDM on age, sex and ventricular/brain volume through
+exactly such scalar inputs; the numbers in our captions are otherwise hard for a sentence encoder to
+use. The per-token text path is kept so that per-token cross-attention maps exist (see
+:mod:`generators.ldm3d.explain`).
+
+For classifier-free guidance (Ho & Salimans 2022) the whole context is replaced by a learned null
+context with probability ``caption_dropout`` in training.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from bench.data.subject import MODALITIES, STRUCTURES
+
+logger = logging.getLogger(__name__)
+
+STRUCTURE_KEYS: tuple[str, ...] = tuple(STRUCTURES)
+ATTRIBUTE_NAMES: tuple[str, ...] = ("modality", "sex", "age", *STRUCTURE_KEYS)
+N_ATTR = len(ATTRIBUTE_NAMES)
+N_FEAT = 6  # features per attribute token
+STAT_KEYS: tuple[str, ...] = ("age", *STRUCTURE_KEYS)  # scalars that are z-scored
+
+
+# ----------------------------------------------------------------------------- caption parsing
+def get_caption_parser() -> tuple[Callable[[str], dict], str]:
+    """The caption parser and its name.
+
+    Returns ``bench.data.captions.parse_caption`` when that module exists; otherwise a small
+    regex fallback for the phantom caption style (logged as a warning; the name is stored in the
+    checkpoint so a mismatch between training and sampling is visible in ``info()``).
+    """
+    try:
+        from bench.data.captions import parse_caption  # type: ignore[import-not-found]
+
+        return parse_caption, "bench.data.captions.parse_caption"
+    except ImportError:
+        logger.warning("bench.data.captions is not available; using ldm3d's fallback caption parser")
+        return fallback_parse_caption, "generators.ldm3d.conditioning.fallback_parse_caption"
+
+
+_NUM = r"(\d+(?:\.\d+)?)"
+
+
+def fallback_parse_caption(text: str) -> dict:
+    """Minimal parser of the phantom caption style (used only when bench.data.captions is absent)."""
+    t = text.lower()
+    out: dict = {"modality": None, "age": None, "sex": None, "volumes": {}, "percentiles": {}, "qualitative": {}}
+    for m in ("flair", "t1", "t2", "pd"):
+        if re.search(rf"\b{m}\b|\b{m}-weighted", t):
+            out["modality"] = m.upper()
+            break
+    m = re.search(r"(\d+(?:\.\d+)?)[- ]year[- ]old", t)
+    if m:
+        out["age"] = float(m.group(1))
+    if re.search(r"\b(woman|female|girl)\b", t):
+        out["sex"] = "F"
+    elif re.search(r"\b(man|male|boy)\b", t):
+        out["sex"] = "M"
+    for key, name in STRUCTURES.items():
+        m = re.search(rf"(?<![a-z]){re.escape(name.lower())}\s+{_NUM}\s*ml(?:\s*\({_NUM}\w*\s+percentile\))?", t)
+        if m:
+            out["volumes"][key] = float(m.group(1))
+            if m.group(2):
+                out["percentiles"][key] = float(m.group(2))
+        for q in ("large", "small"):
+            if re.search(rf"\b{q}\s+{re.escape(name.lower())}", t):
+                out["qualitative"][key] = q
+    return out
+
+
+# ----------------------------------------------------------------------------- attribute features
+def default_stats() -> dict[str, tuple[float, float]]:
+    return {k: (0.0, 1.0) for k in STAT_KEYS}
+
+
+def compute_stats(parsed: Sequence[dict]) -> dict[str, tuple[float, float]]:
+    """Mean and std of age and each structure volume over parsed training captions."""
+    stats = default_stats()
+    for k in STAT_KEYS:
+        vals = [p.get("age") if k == "age" else (p.get("volumes") or {}).get(k) for p in parsed]
+        vals = np.array([float(v) for v in vals if v is not None and np.isfinite(float(v))], dtype=np.float64)
+        if len(vals) >= 2:
+            stats[k] = (float(vals.mean()), float(max(vals.std(), 1e-3)))
+        elif len(vals) == 1:
+            stats[k] = (float(vals[0]), 1.0)
+    return stats
+
+
+def _z(v, mean_std) -> float:
+    mean, std = mean_std
+    return float(np.clip((float(v) - mean) / std, -5.0, 5.0))
+
+
+def attribute_features(parsed: dict, stats: dict[str, tuple[float, float]]) -> np.ndarray:
+    """(N_ATTR, N_FEAT) float32 features of one parsed caption; missing values -> 0 + a flag.
+
+    Layout per token: modality [T1, T2, PD, FLAIR, missing, 0]; sex [F, M, missing, 0, 0, 0];
+    age [z, missing, 0, 0, 0, 0]; structure [volume z, (percentile - 50) / 29, volume missing,
+    percentile missing, large, small].
+    """
+    f = np.zeros((N_ATTR, N_FEAT), dtype=np.float32)
+    mod = (parsed.get("modality") or "").upper() or None
+    if mod in MODALITIES:
+        f[0, MODALITIES.index(mod)] = 1.0
+    else:
+        f[0, 4] = 1.0
+    sex = parsed.get("sex")
+    if sex == "F":
+        f[1, 0] = 1.0
+    elif sex == "M":
+        f[1, 1] = 1.0
+    else:
+        f[1, 2] = 1.0
+    age = parsed.get("age")
+    if age is not None and math.isfinite(float(age)):
+        f[2, 0] = _z(age, stats["age"])
+    else:
+        f[2, 1] = 1.0
+    vols = parsed.get("volumes") or {}
+    pcts = parsed.get("percentiles") or {}
+    qual = parsed.get("qualitative") or {}
+    for j, key in enumerate(STRUCTURE_KEYS):
+        row = f[3 + j]
+        v = vols.get(key)
+        if v is not None and math.isfinite(float(v)):
+            row[0] = _z(v, stats[key])
+        else:
+            row[2] = 1.0
+        p = pcts.get(key)
+        if p is not None and math.isfinite(float(p)):
+            row[1] = (float(p) - 50.0) / 29.0
+        else:
+            row[3] = 1.0
+        q = qual.get(key)
+        row[4] = 1.0 if q == "large" else 0.0
+        row[5] = 1.0 if q == "small" else 0.0
+    return f
+
+
+# ----------------------------------------------------------------------------- module
+class Conditioner(nn.Module):
+    """Text tokens + attribute tokens -> context (B, max_tokens + N_ATTR, context_dim).
+
+    Args:
+        text_dim: width of the text encoder's token embeddings (384 for MiniLM).
+        context_dim: width of the context (UNet ``cross_attention_dim``).
+        max_tokens: fixed number of text tokens (padding included).
+        use_text_tokens: include the text path (else its tokens are zero).
+        use_attribute_tokens: include the attribute path (else its tokens are zero).
+    """
+
+    def __init__(self, text_dim: int, context_dim: int, max_tokens: int, *, use_text_tokens: bool = True,
+                 use_attribute_tokens: bool = True):
+        super().__init__()
+        self.max_tokens = max_tokens
+        self.use_text_tokens = use_text_tokens
+        self.use_attribute_tokens = use_attribute_tokens
+        self.text_proj = nn.Linear(text_dim, context_dim)
+        self.attr_weight = nn.Parameter(torch.randn(N_ATTR, N_FEAT, context_dim) * (1.0 / math.sqrt(N_FEAT)))
+        self.attr_bias = nn.Parameter(torch.randn(N_ATTR, context_dim) * 0.5)
+        self.null_context = nn.Parameter(torch.zeros(max_tokens + N_ATTR, context_dim))
+        # z-scoring statistics of the training captions (age, structure volumes), saved with the weights
+        self.register_buffer("stat_mean", torch.zeros(len(STAT_KEYS)))
+        self.register_buffer("stat_std", torch.ones(len(STAT_KEYS)))
+
+    @property
+    def n_tokens(self) -> int:
+        return self.max_tokens + N_ATTR
+
+    def set_stats(self, stats: dict[str, tuple[float, float]]) -> None:
+        self.stat_mean.copy_(torch.tensor([stats[k][0] for k in STAT_KEYS]))
+        self.stat_std.copy_(torch.tensor([stats[k][1] for k in STAT_KEYS]))
+
+    def stats(self) -> dict[str, tuple[float, float]]:
+        return {k: (float(m), float(s)) for k, m, s in zip(STAT_KEYS, self.stat_mean.tolist(), self.stat_std.tolist())}
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor, attrs: torch.Tensor,
+                drop: torch.Tensor | None = None) -> torch.Tensor:
+        """Build contexts.
+
+        Args:
+            tokens: (B, max_tokens, text_dim) text-encoder token embeddings.
+            mask: (B, max_tokens) bool, True on real tokens.
+            attrs: (B, N_ATTR, N_FEAT) from :func:`attribute_features`.
+            drop: (B,) bool; True replaces that sample's context by the null context.
+
+        Returns:
+            (B, max_tokens + N_ATTR, context_dim).
+        """
+        t = self.text_proj(tokens) * mask[..., None].to(tokens.dtype)
+        if not self.use_text_tokens:
+            t = torch.zeros_like(t)
+        a = torch.einsum("baf,afd->bad", attrs, self.attr_weight) + self.attr_bias
+        if not self.use_attribute_tokens:
+            a = torch.zeros_like(a)
+        ctx = torch.cat([t, a], dim=1)
+        if drop is not None:
+            ctx = torch.where(drop[:, None, None], self.null_context[None].expand_as(ctx), ctx)
+        return ctx
+
+    def null(self, batch: int) -> torch.Tensor:
+        """The unconditional context repeated ``batch`` times."""
+        return self.null_context[None].expand(batch, -1, -1)

@@ -1,0 +1,219 @@
+"""Prompt conformance: does a generated volume have the modality, sex, age and anatomy its prompt asked for?
+
+Attribute predictors (:mod:`metrics.functional.conformance`: atlas-guided partial-volume measurements
+plus per-modality ridge / logistic models) are fitted on the reference cohort's **training split**
+and applied to
+
+- the generated volumes, scored against the attributes parsed from each prompt (``value``), and
+- the caption-matched **real held-out** volumes (``sets.reference``, the test subjects whose
+  captions are the prompts), scored the same way (``floor``): the predictor's own accuracy on real
+  data, i.e. the ceiling a perfect generator reaches.
+
+This is how Pinaya et al. 2022 (arXiv 2209.07162) validated their conditioned brain LDM (ventricle
+volume measured by SynthSeg vs the conditioning value, r = 0.972; a brain-age predictor vs the
+conditioning age, r = 0.692), with predictors trained on real data.
+
+Sub-results (suite key ``conformance``): ``modality_accuracy``, ``sex_accuracy``, ``age_mae``,
+``age_r``, and per structure ``<key>_mae`` / ``<key>_r`` (lateral ventricles, hippocampi, total GM,
+WM, CSF, intracranial volume). Each has a seeded paired bootstrap CI over prompts. The ``*_r``
+results carry per-sample ``requested`` and ``measured`` arrays for the requested-vs-measured plots.
+
+Inputs the runner provides (see :class:`~metrics.base.EvalSets`): ``sets.train`` (training volumes),
+``sets.extra["train_attributes"]`` (their true attributes), ``sets.extra["atlas"]`` (priors on the
+grid: ``gm, wm, csf, ventricles, labels, voxel_volume_ml``) and optionally
+``sets.extra["cohort_hash"]`` (cache key; otherwise the training volumes' bytes are hashed).
+Fitted predictors are cached as JSON under ``$BRAINGENBENCH_HOME/cache/predictors``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from metrics.base import EvalSets, Metric, MetricResult, log
+from metrics.functional.bootstrap import bootstrap_ci
+from metrics.functional.conformance import (MEASUREMENTS, PREDICTOR_VERSION, VOLUME_TARGETS, AtlasRegions,
+                                            ConformanceError, ConformancePredictors, atlas_regions, measure,
+                                            pearson_r, targets_from_attributes)
+
+
+def predictor_cache_dir() -> Path:
+    """``$BRAINGENBENCH_HOME/cache/predictors`` (default home ``~/.cache/braingenbench``)."""
+    home = Path(os.environ.get("BRAINGENBENCH_HOME", Path.home() / ".cache" / "braingenbench")).expanduser()
+    return home / "cache" / "predictors"
+
+
+def _hash_training(sets: EvalSets) -> str:
+    cohort_hash = sets.extra.get("cohort_hash")
+    h = hashlib.sha256()
+    if cohort_hash:
+        h.update(f"cohort:{cohort_hash}".encode())
+    else:
+        t = np.ascontiguousarray(sets.train)
+        h.update(f"train:{t.dtype}:{t.shape}".encode())
+        h.update(t.tobytes())
+    h.update(json.dumps(sets.extra.get("train_attributes"), sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+class Conformance(Metric):
+    """Attribute predictors on generated volumes vs the attributes parsed from the prompts.
+
+    Args:
+        structures: volume targets to score (subset of ``lateral_ventricles, hippocampus, gm, wm,
+            csf, icv``; "hippocampus" = left + right).
+        min_per_modality: training volumes a modality needs for its own age/sex/volume models
+            (otherwise the pooled models are used).
+        cache: reuse fitted predictors from ``$BRAINGENBENCH_HOME/cache/predictors``.
+        n_boot: bootstrap resamples for the CIs.
+    """
+
+    name = "conformance"
+    higher_is_better = True
+    requires_train = True
+    requires_atlas = True  # the runner passes sets.extra["atlas"] (priors on the suite grid)
+    description = "prompt conformance: attribute predictors (fitted on real training data) on generated volumes"
+
+    def __init__(self, *, structures: Sequence[str] = VOLUME_TARGETS, min_per_modality: int = 12,
+                 cache: bool = True, n_boot: int = 1000):
+        bad = [s for s in structures if s not in VOLUME_TARGETS]
+        if bad:
+            raise ValueError(f"conformance: unknown structure(s) {bad}; choose from {', '.join(VOLUME_TARGETS)}")
+        self.structures = tuple(structures)
+        self.min_per_modality = int(min_per_modality)
+        self.cache = bool(cache)
+        self.n_boot = int(n_boot)
+        self._regions: tuple[int, AtlasRegions] | None = None
+
+    def config(self) -> dict:
+        return {"predictor_version": PREDICTOR_VERSION, "structures": list(self.structures),
+                "min_per_modality": self.min_per_modality, "n_boot": self.n_boot,
+                "measurements": list(MEASUREMENTS),
+                "models": "modality: multinomial logistic on tissue contrast; per modality: ridge (LOO alpha) "
+                          "for age and volumes, L2 logistic for sex, on atlas-guided partial-volume measurements",
+                "ceiling": "the same predictors on the caption-matched real held-out volumes (floor)"}
+
+    # -------------------------------------------------------------- predictors
+    def regions(self, sets: EvalSets) -> AtlasRegions:
+        atlas = sets.extra.get("atlas")
+        if atlas is None:
+            raise ConformanceError("conformance needs sets.extra['atlas'] (atlas priors on the suite grid: gm, wm, "
+                                   "csf, ventricles, labels, voxel_volume_ml); the runner provides it — when calling "
+                                   "the metric directly, build it from bench.data.atlas.load_priors")
+        if self._regions is None or self._regions[0] != id(atlas):
+            self._regions = (id(atlas), atlas_regions(atlas))
+        return self._regions[1]
+
+    def predictors(self, sets: EvalSets) -> tuple[ConformancePredictors, dict]:
+        """Fitted predictors for the training data in ``sets`` (from the cache when possible)."""
+        attrs = sets.extra.get("train_attributes")
+        if sets.train is None or attrs is None:
+            raise ConformanceError("conformance needs the training split: sets.train (volumes) and "
+                                   "sets.extra['train_attributes'] (their true attributes: modality, age, sex, "
+                                   "volumes); set requires_train on the metric and let the runner load them")
+        if len(attrs) != len(sets.train):
+            raise ConformanceError(f"sets.train has {len(sets.train)} volumes but train_attributes has "
+                                   f"{len(attrs)} records; they must be the same subjects in the same order")
+        regions = self.regions(sets)
+        key = hashlib.sha256(json.dumps({"version": PREDICTOR_VERSION, "train": _hash_training(sets),
+                                         "atlas": regions.fingerprint, "grid": list(sets.train.shape[2:]),
+                                         "min_per_modality": self.min_per_modality}).encode()).hexdigest()
+        path = predictor_cache_dir() / f"{key[:32]}.json"
+        info = {"cache_key": key, "cache_path": str(path), "from_cache": False}
+        if self.cache and path.exists():
+            try:
+                pred = ConformancePredictors.from_json(path.read_text())
+                info["from_cache"] = True
+                return pred, info
+            except (OSError, ValueError, KeyError) as e:
+                log.warning("%s: unusable cached predictors (%s); refitting", path, e)
+        meas = measure(sets.train, regions)
+        pred = ConformancePredictors.fit(meas, attrs, min_per_modality=self.min_per_modality,
+                                         meta={"cache_key": key, "cohort_hash": sets.extra.get("cohort_hash")})
+        if self.cache:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+                with os.fdopen(fd, "w") as f:
+                    f.write(pred.to_json())
+                os.replace(tmp, path)
+            except OSError as e:
+                log.warning("%s: cannot cache predictors (%s); set BRAINGENBENCH_HOME to a writable folder", path, e)
+        return pred, info
+
+    # -------------------------------------------------------------- scoring
+    def compute(self, sets: EvalSets, *, seed: int) -> dict[str, MetricResult]:
+        if len(sets.attributes) != sets.n:
+            raise ConformanceError(f"{sets.n} generated volumes but {len(sets.attributes)} prompt attribute "
+                                   "records; the runner must pass the parsed prompt attributes in order")
+        pred, info = self.predictors(sets)
+        regions = self.regions(sets)
+        req = targets_from_attributes(sets.attributes)
+        gen = pred.predict(measure(sets.generated, regions))
+        ref = pred.predict(measure(sets.reference, regions))
+        common = {"predictor": {**info, "n_train": pred.meta.get("n_train"),
+                                "n_per_modality": pred.meta.get("n_per_modality"),
+                                "modality_train_accuracy": pred.modality.get("train_accuracy")},
+                  "ceiling": "floor = the same predictors on the real held-out (caption-matched) volumes"}
+        out: dict[str, MetricResult] = {}
+        n_boot = self.n_boot
+
+        # ---- categorical: modality, sex
+        for attr in ("modality", "sex"):
+            r = req[attr]
+            ok = np.array([x is not None and x == x for x in r])  # known requests (not None/NaN)
+            if ok.sum() == 0:
+                continue
+            idx = np.flatnonzero(ok)
+            hit_g = np.array([gen[attr][i] == r[i] for i in idx], dtype=float)
+            hit_r = np.array([ref[attr][i] == r[i] for i in idx], dtype=float)
+            lo, hi = bootstrap_ci(lambda s: float(hit_g[s].mean()), len(idx), n_boot=n_boot, seed=seed)
+            labels = (lambda v: v) if attr == "modality" else (lambda v: {1.0: "F", 0.0: "M"}.get(v, None))
+            req_l = [labels(r[i]) for i in idx]
+            uniq, counts = np.unique([str(x) for x in req_l], return_counts=True)
+            out[f"{attr}_accuracy"] = MetricResult(
+                value=float(hit_g.mean()), higher_is_better=True, n=int(len(idx)), ci_low=lo, ci_high=hi,
+                floor=float(hit_r.mean()),
+                details={"per_sample": hit_g.tolist(), "floor_per_sample": hit_r.tolist(),
+                         "requested_labels": req_l, "measured_labels": [labels(gen[attr][i]) for i in idx],
+                         "floor_measured_labels": [labels(ref[attr][i]) for i in idx],
+                         "chance": float(counts.max() / counts.sum()) if len(counts) else None, **common})
+
+        # ---- continuous: age and volumes
+        for attr in ("age", *self.structures):
+            r = req[attr]
+            ok = np.isfinite(r) & np.isfinite(gen[attr]) & np.isfinite(ref[attr])
+            if ok.sum() < 3:
+                continue
+            rv, gv, fv = r[ok], gen[attr][ok], ref[attr][ok]
+            unit = "years" if attr == "age" else "mL"
+            err_g, err_f = np.abs(gv - rv), np.abs(fv - rv)
+            lo, hi = bootstrap_ci(lambda s: float(err_g[s].mean()), len(rv), n_boot=n_boot, seed=seed)
+            chance_mae = float(np.abs(rv[:, None] - rv[None, :]).sum() / max(len(rv) * (len(rv) - 1), 1))
+            out[f"{attr}_mae"] = MetricResult(
+                value=float(err_g.mean()), higher_is_better=False, n=int(ok.sum()), ci_low=lo, ci_high=hi,
+                floor=float(err_f.mean()),
+                details={"unit": unit, "per_sample": err_g.tolist(), "floor_per_sample": err_f.tolist(),
+                         "chance": chance_mae, "chance_definition": "mean |requested_i - requested_j|, i != j",
+                         **common})
+            lo, hi = bootstrap_ci(lambda s: pearson_r(rv[s], gv[s]), len(rv), n_boot=n_boot, seed=seed)
+            warnings = []
+            r_gen = pearson_r(rv, gv)
+            if np.std(gv) < 1e-9:  # the set ignores the request entirely: chance level
+                warnings.append(f"conformance: measured {attr} is constant over the generated set; r set to 0")
+                r_gen = 0.0
+            out[f"{attr}_r"] = MetricResult(
+                value=r_gen, higher_is_better=True, n=int(ok.sum()), ci_low=lo, ci_high=hi,
+                floor=pearson_r(rv, fv), warnings=warnings,
+                details={"unit": unit, "requested": rv.tolist(), "measured": gv.tolist(),
+                         "floor_measured": fv.tolist(), "chance": 0.0, **common})
+        if not out:
+            raise ConformanceError("no prompt states a modality, sex, age or structure volume; conformance has "
+                                   "nothing to score (check that the runner passes parsed prompt attributes)")
+        return out
