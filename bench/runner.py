@@ -255,7 +255,11 @@ def run(cfg: RunConfig) -> Path:
     needs_train = any(getattr(m, "requires_train", False) for _, m in metrics)
     train_subjects = cohort.split("train") if needs_train else []
     train_vols = cohort.load_volumes(train_subjects) if needs_train else None
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"cohort_hash": cohort.content_hash}
+    if needs_train:
+        extra["train_attributes"] = [s.attributes() for s in train_subjects]
+    if any(getattr(m, "requires_atlas", False) for _, m in metrics):
+        extra["atlas"] = atlas_on_grid(suite.grid)
     if all(s.labels is not None for s in ref_subjects + floor_subjects):
         extra["reference_labels"] = np.stack([cohort.load_labels(s) for s in ref_subjects])
         extra["floor_labels"] = np.stack([cohort.load_labels(s) for s in floor_subjects])
@@ -327,6 +331,15 @@ def run(cfg: RunConfig) -> Path:
     }
     atomic_write_json(run_dir / "record.json", record)
     return run_dir / "record.json"
+
+
+def atlas_on_grid(grid: Grid) -> dict[str, Any]:
+    """ICBM152 tissue priors and Neuromorphometrics labels on the grid, for atlas-guided metrics."""
+    from bench.data.atlas import load_priors
+
+    pri = load_priors(grid.voxel_size, grid.shape, grid.affine)
+    return {"gm": pri.gm, "wm": pri.wm, "csf": pri.csf, "labels": pri.labels,
+            "ventricles": pri.structure_mask("lateral_ventricles"), "voxel_volume_ml": grid.voxel_volume_ml}
 
 
 def compute_metric(spec, metric, sets: EvalSets, seed: int) -> dict[str, dict]:

@@ -40,6 +40,10 @@ class EvalSets:
         voxel_size: mm.
         feature_names: ``feature_names(extractor)`` -> names of the feature columns, when the
             extractor has them (e.g. radiomics).
+        extra: what particular metrics ask the runner for: ``cohort_hash``; ``train_attributes`` (the
+            training subjects' true attributes, with ``requires_train``); ``atlas`` (priors on the grid:
+            gm, wm, csf, labels, ventricles, voxel_volume_ml, with ``requires_atlas``);
+            ``reference_labels`` / ``floor_labels`` (tissue labels, when the cohort has them).
     """
 
     generated: np.ndarray
@@ -86,6 +90,7 @@ class Metric:
     higher_is_better: ClassVar[bool] = False
     description: ClassVar[str] = ""
     requires_train: ClassVar[bool] = False  # the runner loads the training split only when asked
+    requires_atlas: ClassVar[bool] = False  # the runner puts atlas priors in sets.extra["atlas"] when asked
 
     def compute(self, sets: EvalSets, *, seed: int) -> MetricResult | dict[str, MetricResult]:
         raise NotImplementedError
