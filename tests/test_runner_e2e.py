@@ -132,3 +132,20 @@ def test_floor_matching_prefers_modality_sex_age(runs):
     assert len({s.subject_id for s in floor}) == len(floor)
     assert not {s.subject_id for s in floor} & {s.subject_id for s in refs}
     assert sum(f.modality == r.modality for f, r in zip(floor, refs)) >= 6
+
+
+def test_cli_explain_writes_attention_maps(suite_file, tmp_path):
+    p = subprocess.run([sys.executable, "-m", "bench", "--quiet", "explain", "--generator", "ldm3d", "--suite",
+                        str(suite_file), "--prompt", "FLAIR brain MRI of a 70-year-old man with large lateral "
+                        "ventricles.", "--out", str(tmp_path), "--generator-args", "steps=2"],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    index = json.loads((tmp_path / "index.json").read_text())
+    assert (tmp_path / "volume.nii.gz").exists() and len(list((tmp_path / "maps").glob("*.png"))) > 5
+    assert index
+
+
+def test_cli_explain_refuses_generator_without_maps(suite_file, tmp_path):
+    p = subprocess.run([sys.executable, "-m", "bench", "--quiet", "explain", "--generator", "template", "--suite",
+                        str(suite_file), "--prompt", "T1", "--out", str(tmp_path)], capture_output=True, text=True)
+    assert p.returncode == 2 and "does not expose attention maps" in p.stderr

@@ -128,6 +128,13 @@ class Ldm3dGenerator:
         """Volumes (N, 1, D, H, W) -> scaled posterior-mean latents (N, C, d, h, w)."""
         return encode_volumes(self.model, volumes)
 
+    def explain(self, prompt_text: str, out_dir: str | Path, *, seed: int = 0) -> Path:
+        """Cross-attention maps per caption token (``python -m bench explain``); see
+        :func:`generators.ldm3d.explain.explain`."""
+        from generators.ldm3d.explain import explain
+
+        return explain(self, prompt_text, out_dir, seed=seed)
+
     def info(self) -> dict:
         tr = self.meta.get("training", {})
         return {
