@@ -10,13 +10,14 @@ from scipy import ndimage
 
 from bench.data.atlas import load_priors
 from bench.data.captions import parse_caption
-from bench.data.grid import GRIDS, Grid
+from bench.data.grid import GRIDS
 from bench.data.phantom import PhantomCohort
-from bench.data.subject import STRUCTURES, Cohort, Subject, save_nifti
+from bench.data.subject import Cohort
 from generators.base import GeneratorContext, Prompt
 from metrics.base import EvalSets
 from metrics.consistency import ThroughPlaneConsistency, adjacent_slice_ncc, through_plane_statistic
 from metrics.functional.tissue import classify_modality, core_masks, tissue_means, ventricular_csf_ml
+from tests._helpers import OTHER, PROMPT, TINY, tiny_cohort, tiny_config
 
 GRID = GRIDS["3mm"]
 N = 80  # the same cohort (home, n, seed) as tests/test_conformance.py: built once per session
@@ -172,56 +173,14 @@ def test_through_plane_statistic_shapes(real):
 
 
 # ------------------------------------------------------------------------------ tiny 3D/2D LDMs
-TINY = Grid("tiny", 6.0, (16, 16, 24))
-PROMPT = "Synthetic phantom. T1-weighted brain MRI of a 63-year-old woman. Lateral ventricles 32.1 mL (78th percentile)."
-OTHER = "Synthetic phantom. FLAIR brain MRI of a 30-year-old man. Lateral ventricles 12.0 mL (20th percentile)."
-
-
-def _tiny_cohort(root: Path, n: int = 6) -> Cohort:
-    rng = np.random.default_rng(0)
-    mask = np.zeros(TINY.shape, np.float32)
-    mask[2:-2, 2:-2, 3:-3] = 1
-    save_nifti(root / "brain_mask.nii.gz", mask, TINY)
-    subjects = []
-    for i in range(n):
-        img = root / "images" / f"s{i}.nii.gz"
-        save_nifti(img, (rng.random(TINY.shape) * mask).astype(np.float32), TINY)
-        mod, sex, age = ("T1", "T2", "PD", "FLAIR")[i % 4], "FM"[i % 2], float(20 + 10 * i)
-        vols = {k: float(rng.uniform(1, 50)) for k in STRUCTURES}
-        cap = (f"Synthetic phantom. {mod}-weighted brain MRI of a {age:.0f}-year-old "
-               f"{'woman' if sex == 'F' else 'man'}. Lateral ventricles {vols['lateral_ventricles']:.1f} mL.")
-        subjects.append(Subject(f"s{i}", "train" if i < 4 else "test", mod, img, age=age, sex=sex, volumes=vols,
-                                caption=cap, synthetic=True))
-    cohort = Cohort("tiny", root, TINY, subjects, {"synthetic": True})
-    cohort.save()
-    return cohort
-
-
-SLICE2D_TINY = {
-    "name": "slice2d-tiny-test", "grid": "tiny", "slice_axis": 2,
-    "autoencoder": {"channels": [4, 8, 8], "num_res_blocks": 1, "latent_channels": 2, "norm_num_groups": 4},
-    "unet": {"channels": [8, 16, 16], "attention_levels": [False, True, True], "num_res_blocks": 1,
-             "num_head_channels": 8, "norm_num_groups": 8},
-    "conditioning": {"max_tokens": 48, "context_dim": 16},
-    "training": {"checkpoint_minutes": 0.0,
-                 "autoencoder": {"steps": 3, "batch_size": 8, "max_minutes": 0},
-                 "diffusion": {"steps": 3, "batch_size": 8, "max_minutes": 0}},
-}
-LDM3D_TINY = {
-    "name": "ldm3d-tiny-test", "grid": "tiny",
-    "autoencoder": {"channels": [4, 8, 8], "num_res_blocks": 1, "latent_channels": 2, "norm_num_groups": 4},
-    "unet": {"channels": [8, 16, 16], "attention_levels": [False, True, True], "num_res_blocks": 1,
-             "num_head_channels": 8, "norm_num_groups": 8},
-    "conditioning": {"max_tokens": 48, "context_dim": 16},
-    "training": {"checkpoint_minutes": 0.0, "autoencoder": {"steps": 2, "batch_size": 2, "max_minutes": 0},
-                 "diffusion": {"steps": 2, "batch_size": 4, "max_minutes": 0}},
-}
+SLICE2D_TINY = tiny_config("slice2d-tiny-test", ae_steps=3, ae_batch=8, diff_steps=3, diff_batch=8, slice_axis=2)
+LDM3D_TINY = tiny_config("ldm3d-tiny-test", ae_steps=2, ae_batch=2, diff_steps=2, diff_batch=4)
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
-    return _tiny_cohort(root / "cohort"), root
+    return tiny_cohort(root / "cohort", detailed=False), root
 
 
 @pytest.fixture(scope="module")
@@ -262,6 +221,7 @@ def test_slice2d_generator_shape_determinism_and_slicing(slice2d_ckpt, tiny):
     assert (a.volumes[:, 0][:, ~mask] == 0).all()
     info = gen.info()
     assert info["n_slices"] == 24 and info["slice_axis"] == 2 and len(info["checkpoint_sha256"]) == 64
+    assert info["prediction"] == "v"
     # to_slices / to_volumes are inverse
     import torch
 
@@ -283,10 +243,46 @@ def test_slice2d_refuses_other_grid_and_unknown_config_key(slice2d_ckpt, tiny):
         Slice2dGenerator(GeneratorContext(cohort=tiny[0], grid=TINY), checkpoint="/nonexistent.safetensors")
 
 
+def test_slice2d_checkpoint_without_prediction_key_loads_as_eps(slice2d_ckpt, tmp_path):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from generators.slice2d.model import load_checkpoint
+
+    last = slice2d_ckpt[1]
+    model, meta = load_checkpoint(last)
+    assert meta["config"]["prediction"] == "v" and model.config.prediction == "v"  # stored key wins
+    with safe_open(str(last), framework="pt") as f:  # a checkpoint written before the key existed
+        header = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    legacy_meta = json.loads(header["slice2d"])
+    del legacy_meta["config"]["prediction"]
+    legacy = tmp_path / "legacy.safetensors"
+    save_file(tensors, str(legacy), metadata={"format": "pt", "slice2d": json.dumps(legacy_meta)})
+    model, meta = load_checkpoint(legacy)
+    assert model.config.prediction == "eps" and "prediction" not in meta["config"]
+
+
+def test_v_prediction_converts_back_to_the_noise():
+    import torch
+
+    from generators.slice2d.model import load_config, make_scheduler, v_to_eps
+
+    sch = make_scheduler(load_config("phantom_3mm"))
+    g = torch.Generator().manual_seed(0)
+    z, n = torch.randn(5, 4, 12, 16, generator=g), torch.randn(5, 4, 12, 16, generator=g)
+    t = torch.tensor([0, 10, 500, 900, 999])
+    v = sch.get_velocity(z, n, t)
+    torch.testing.assert_close(v_to_eps(v, sch.add_noise(z, n, t), t, sch.alphas_cumprod), n, atol=2e-5, rtol=0)
+
+
 def test_bundled_slice2d_config_loads():
     from generators.slice2d.model import Slice2d, load_config
 
     cfg = load_config("phantom_3mm")
+    assert cfg.prediction == "v"
     model = Slice2d(cfg, GRID.shape)
     assert model.slice_shape == (48, 64) and model.n_slices == 56 and model.latent_shape == (4, 12, 16)
 

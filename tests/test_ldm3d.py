@@ -3,54 +3,16 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from bench.data.grid import Grid
-from bench.data.subject import STRUCTURES, Cohort, Subject, save_nifti
 from generators.base import GeneratorContext, Prompt
+from tests._helpers import OTHER, PROMPT, TINY, tiny_cohort, tiny_config
 
-TINY = Grid("tiny", 6.0, (16, 16, 24))  # latent 4 x 4 x 6 -> padded to 4 x 4 x 8 for the UNet
-
-TINY_CONFIG = {
-    "name": "ldm3d-tiny-test",
-    "grid": "tiny",
-    "autoencoder": {"channels": [4, 8, 8], "num_res_blocks": 1, "latent_channels": 2, "norm_num_groups": 4},
-    "unet": {"channels": [8, 16, 16], "attention_levels": [False, True, True], "num_res_blocks": 1,
-             "num_head_channels": 8, "norm_num_groups": 8},
-    "conditioning": {"max_tokens": 48, "context_dim": 16},
-    "training": {"checkpoint_minutes": 0.0,
-                 "autoencoder": {"steps": 3, "batch_size": 2, "max_minutes": 0},
-                 "diffusion": {"steps": 3, "batch_size": 4, "max_minutes": 0}},
-}
-
-PROMPT = "Synthetic phantom. T1-weighted brain MRI of a 63-year-old woman. Lateral ventricles 32.1 mL (78th percentile)."
-OTHER = "Synthetic phantom. FLAIR brain MRI of a 30-year-old man. Lateral ventricles 12.0 mL (20th percentile)."
-
-
-def _tiny_cohort(root: Path, n: int = 6) -> Cohort:
-    rng = np.random.default_rng(0)
-    mask = np.zeros(TINY.shape, np.float32)
-    mask[2:-2, 2:-2, 3:-3] = 1
-    save_nifti(root / "brain_mask.nii.gz", mask, TINY)
-    subjects = []
-    mods = ["T1", "T2", "PD", "FLAIR"]
-    for i in range(n):
-        img = root / "images" / f"s{i}.nii.gz"
-        save_nifti(img, (rng.random(TINY.shape) * mask).astype(np.float32), TINY)
-        age, sex, mod = float(20 + 10 * i), "FM"[i % 2], mods[i % 4]
-        vols = {k: float(rng.uniform(1, 50)) for k in STRUCTURES}
-        cap = (f"Synthetic phantom. {mod}-weighted brain MRI of a {age:.0f}-year-old "
-               f"{'woman' if sex == 'F' else 'man'}. Lateral ventricles {vols['lateral_ventricles']:.1f} mL "
-               f"({10 * i + 5}th percentile); grey matter {vols['gm']:.1f} mL.")
-        subjects.append(Subject(f"s{i}", "train" if i < 4 else "test", mod, img, age=age, sex=sex, volumes=vols,
-                                caption=cap, synthetic=True))
-    cohort = Cohort("tiny", root, TINY, subjects, {"synthetic": True})
-    cohort.save()
-    return cohort
+TINY_CONFIG = tiny_config("ldm3d-tiny-test", ae_steps=3, ae_batch=2, diff_steps=3, diff_batch=4)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +21,7 @@ def trained(tmp_path_factory):
     from generators.ldm3d.train import train
 
     root = tmp_path_factory.mktemp("ldm3d")
-    cohort = _tiny_cohort(root / "cohort")
+    cohort = tiny_cohort(root / "cohort")
     cfg = Ldm3dConfig.from_dict(TINY_CONFIG)
     out = root / "run"
     summary = train(cohort, cfg, out, stage="all", quiet=True, ship=root / "shipped.safetensors")

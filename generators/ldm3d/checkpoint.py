@@ -9,22 +9,20 @@ unpickles anything.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from bench.data.subject import file_sha256
+from generators.common.checkpoint import (check_state_dict as _check_state_dict, load_weights,
+                                          read_checkpoint_metadata, save_checkpoint_file)
 from generators.ldm3d.config import ConfigError, Ldm3dConfig
 from generators.ldm3d.model import Ldm3d, build_model
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "braingenbench-ldm3d/1"
+HEADER_KEY = "ldm3d"
 SHIPPED = Path(__file__).resolve().parent / "checkpoints" / "phantom_3mm.safetensors"
 
 
@@ -34,6 +32,15 @@ class CheckpointError(ValueError):
 
 @dataclass
 class LoadedCheckpoint:
+    """A loaded checkpoint.
+
+    Attributes:
+        model: the network in eval mode (float32).
+        meta: the ``ldm3d`` header metadata.
+        path: the file.
+        sha256: the file's sha256.
+    """
+
     model: Ldm3d
     meta: dict
     path: Path
@@ -41,61 +48,26 @@ class LoadedCheckpoint:
 
 
 def save_checkpoint(model: Ldm3d, path: str | Path, meta: dict, *, half: bool = False) -> str:
-    """Write ``model`` + ``meta`` atomically (temp file + rename); returns the file's sha256.
+    """Write ``model`` + ``meta`` atomically (temp file + rename, mode 0644); returns the file's sha256.
 
     Args:
         model: the network (all of autoencoder, UNet, conditioner, latent scale).
         path: destination ``.safetensors``.
         meta: JSON-serialisable metadata (config, cohort, training, ...); ``format``, ``grid_shape``,
             ``latent_scale`` and ``param_counts`` are added.
-        half: store floating tensors as float16 (the shipped file).
+        half: store floating tensors except the latent scale as float16 (the shipped file).
     """
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {}
-    for k, v in model.state_dict().items():
-        v = v.detach().cpu().contiguous()
-        if half and v.is_floating_point() and k != "latent_scale":
-            v = v.half()
-        tensors[k] = v.clone()
-    full = dict(meta)
-    full.update({"format": FORMAT, "config": model.config.to_dict(), "grid_shape": list(model.grid_shape),
-                 "latent_scale": float(model.latent_scale), "param_counts": model.param_counts(),
-                 "dtype": "float16" if half else "float32"})
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": "pt", "ldm3d": json.dumps(full, sort_keys=True)})
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return file_sha256(path)
+    return save_checkpoint_file(model, path, meta, header_key=HEADER_KEY, fmt=FORMAT, half=half)
 
 
 def read_metadata(path: str | Path) -> dict:
-    """The ``ldm3d`` JSON metadata of a checkpoint (no tensors are read)."""
-    from safetensors import safe_open
+    """The ``ldm3d`` JSON metadata of a checkpoint (no tensors are read).
 
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: checkpoint not found; train one with "
-                              "`python -m generators.ldm3d.train ...` or pass checkpoint=PATH")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-    except Exception as e:  # safetensors raises its own error types for corrupt headers
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e}); re-download or re-train it") from e
-    if "ldm3d" not in header:
-        raise CheckpointError(f"{path}: no 'ldm3d' metadata in the safetensors header; this is not an "
-                              "ldm3d checkpoint (write one with generators.ldm3d.checkpoint.save_checkpoint)")
-    meta = json.loads(header["ldm3d"])
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}; re-export it")
-    return meta
+    Raises:
+        CheckpointError: missing or unreadable file, no ``ldm3d`` header entry, or another format.
+    """
+    return read_checkpoint_metadata(path, header_key=HEADER_KEY, fmt=FORMAT, error=CheckpointError,
+                                    train_hint="`python -m generators.ldm3d.train ...`")
 
 
 def load_checkpoint(path: str | Path, *, device: str = "cpu") -> LoadedCheckpoint:
@@ -105,8 +77,6 @@ def load_checkpoint(path: str | Path, *, device: str = "cpu") -> LoadedCheckpoin
         CheckpointError: missing file, foreign file, or tensors that do not match the architecture
             the stored config describes (the first differing key and both shapes are named).
     """
-    from safetensors.torch import load_file
-
     path = Path(path)
     meta = read_metadata(path)
     try:
@@ -114,21 +84,11 @@ def load_checkpoint(path: str | Path, *, device: str = "cpu") -> LoadedCheckpoin
     except ConfigError as e:
         raise CheckpointError(str(e)) from e
     model = build_model(config, meta["grid_shape"], int(meta.get("text_dim", 384)))
-    tensors = load_file(str(path))
-    check_state_dict(model, tensors, path)
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
+    load_weights(model, path, error=CheckpointError)
     model.eval().to(device)
     return LoadedCheckpoint(model, meta, path, file_sha256(path))
 
 
-def check_state_dict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+def check_state_dict(model, tensors: dict, path: str | Path) -> None:
     """Raise :class:`CheckpointError` naming the first key whose presence or shape differs."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in tensors.items()}
-    for k in sorted(set(expected) | set(got)):
-        e, g = expected.get(k), got.get(k)
-        if e != g:
-            raise CheckpointError(
-                f"{path}: tensor {k!r} has shape {g if g is not None else 'MISSING'} in the file but the "
-                f"architecture built from its stored config expects {e if e is not None else 'NO SUCH KEY'}; "
-                "the weights and the 'config' metadata disagree — re-export the checkpoint from its training run")
+    _check_state_dict(model, tensors, path, error=CheckpointError)

@@ -220,3 +220,33 @@ class Conditioner(nn.Module):
     def null(self, batch: int) -> torch.Tensor:
         """The unconditional context repeated ``batch`` times."""
         return self.null_context[None].expand(batch, -1, -1)
+
+
+def encode_captions(captions: Sequence[str], conditioning, device: str = "cpu", batch_size: int = 32) -> dict:
+    """Everything the conditioner needs for a training set of captions, computed once.
+
+    Args:
+        captions: the training captions.
+        conditioning: the ``conditioning`` config section (text encoder, ``max_tokens``).
+        device: torch device of the text encoder.
+        batch_size: captions per text-encoder call.
+
+    Returns:
+        ``tokens`` (float16 per-token embeddings), ``mask``, ``attrs`` (attribute features), ``stats``
+        (their z-scoring statistics), ``parser`` (caption parser name) and ``encoder`` (the text encoder).
+    """
+    from generators.text import get_text_encoder
+
+    te = get_text_encoder(conditioning.text_encoder, device, conditioning.max_tokens)
+    captions = list(captions)
+    toks, masks = [], []
+    for i in range(0, len(captions), batch_size):
+        t, m = te.encode_tokens(captions[i:i + batch_size])
+        toks.append(t.half())
+        masks.append(m)
+    parse, parser_name = get_caption_parser()
+    parsed = [parse(c) for c in captions]
+    stats = compute_stats(parsed)
+    attrs = torch.from_numpy(np.stack([attribute_features(p, stats) for p in parsed]))
+    return {"tokens": torch.cat(toks), "mask": torch.cat(masks), "attrs": attrs, "stats": stats,
+            "parser": parser_name, "encoder": te}

@@ -15,25 +15,22 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from generators.ldm3d.conditioning import Conditioner, attribute_features, get_caption_parser
+from generators.common.networks import LatentDiffusionModule, build_autoencoder, build_unet, make_scheduler
+from generators.ldm3d.conditioning import N_ATTR, Conditioner, attribute_features, get_caption_parser
 from generators.ldm3d.config import Ldm3dConfig
+
+__all__ = ["CaptionEncoder", "Ldm3d", "build_model", "make_scheduler"]
 
 logger = logging.getLogger(__name__)
 
 
-def _monai_nets():
-    try:
-        import einops  # noqa: F401  (MONAI's DiffusionModelUNet needs it but does not install it)
-        from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
-    except ImportError as e:  # pragma: no cover - hard dependencies
-        raise RuntimeError(f"ldm3d needs monai>=1.4 and einops ({e}); run `make install`") from e
-    return AutoencoderKL, DiffusionModelUNet
-
-
-class Ldm3d(nn.Module):
+class Ldm3d(LatentDiffusionModule):
     """Autoencoder + diffusion UNet + conditioner.
+
+    Latent shapes, padding, :meth:`encode` (scaled posterior means: the ``ldm3d-latent`` space),
+    :meth:`decode` and :meth:`param_counts` come from
+    :class:`~generators.common.networks.LatentDiffusionModule`.
 
     Args:
         config: the :class:`Ldm3dConfig`.
@@ -43,96 +40,40 @@ class Ldm3d(nn.Module):
 
     def __init__(self, config: Ldm3dConfig, grid_shape: Sequence[int], text_dim: int = 384):
         super().__init__()
-        AutoencoderKL, DiffusionModelUNet = _monai_nets()
         self.config = config
         self.grid_shape = tuple(int(s) for s in grid_shape)
+        self.spatial_shape = self.grid_shape
         ds = config.latent_downsampling
         for s in self.grid_shape:
             if s % ds:
                 raise ValueError(f"grid shape {self.grid_shape} is not divisible by the autoencoder's "
                                  f"downsampling {ds}; use fewer autoencoder levels or another grid")
-        ae, un, cond = config.autoencoder, config.unet, config.conditioning
-        n = len(ae.channels)
-        self.autoencoder = AutoencoderKL(
-            spatial_dims=3, in_channels=1, out_channels=1, channels=tuple(ae.channels),
-            num_res_blocks=(ae.num_res_blocks,) * n, attention_levels=(False,) * n,
-            latent_channels=ae.latent_channels, norm_num_groups=ae.norm_num_groups,
-            with_encoder_nonlocal_attn=False, with_decoder_nonlocal_attn=False)
-        self.unet = DiffusionModelUNet(
-            spatial_dims=3, in_channels=ae.latent_channels, out_channels=ae.latent_channels,
-            num_res_blocks=un.num_res_blocks, channels=tuple(un.channels),
-            attention_levels=tuple(un.attention_levels), norm_num_groups=un.norm_num_groups,
-            num_head_channels=un.num_head_channels, with_conditioning=True,
-            transformer_num_layers=un.transformer_num_layers, cross_attention_dim=cond.context_dim,
-            use_flash_attention=un.use_flash_attention)
+        un, cond = config.unet, config.conditioning
+        self.autoencoder = build_autoencoder(3, config, "ldm3d")
+        self.unet = build_unet(3, config, "ldm3d", num_class_embeds=1 if un.global_conditioning else None)
+        if un.global_conditioning:
+            # MONAI adds ``class_embedding(class_labels)`` to the timestep embedding; we put our MLP there and
+            # pass the flattened attribute tokens as ``class_labels`` (see :meth:`eps`).
+            temb = self.unet.time_embed[-1].out_features
+            self.unet.class_embedding = nn.Sequential(nn.Linear(N_ATTR * cond.context_dim, temb), nn.SiLU(),
+                                                      nn.Linear(temb, temb))
         self.conditioner = Conditioner(text_dim, cond.context_dim, cond.max_tokens,
                                        use_text_tokens=cond.use_text_tokens,
                                        use_attribute_tokens=cond.use_attribute_tokens)
         self.register_buffer("latent_scale", torch.ones(()))
 
-    # ------------------------------------------------------------------ shapes
-    @property
-    def latent_shape(self) -> tuple[int, int, int, int]:
-        ds = self.config.latent_downsampling
-        return (self.config.autoencoder.latent_channels, *(s // ds for s in self.grid_shape))
-
-    @property
-    def padded_latent_shape(self) -> tuple[int, int, int, int]:
-        m = self.config.unet_multiple
-        c, *sp = self.latent_shape
-        return (c, *(-(-s // m) * m for s in sp))
-
-    def pad(self, z: torch.Tensor) -> torch.Tensor:
-        """Zero-pad (B, C, d, h, w) latents at the end of each axis to the UNet multiple."""
-        pads = []
-        for s, p in zip(reversed(self.latent_shape[1:]), reversed(self.padded_latent_shape[1:])):
-            pads += [0, p - s]
-        return F.pad(z, pads) if any(pads) else z
-
-    def crop(self, z: torch.Tensor) -> torch.Tensor:
-        d, h, w = self.latent_shape[1:]
-        return z[:, :, :d, :h, :w]
-
-    # ------------------------------------------------------------------ autoencoder
-    def encode_dist(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior mean and std (unscaled) of volumes (B, 1, D, H, W)."""
-        return self.autoencoder.encode(x)
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Scaled posterior means (B, C, d, h, w) — the ``ldm3d-latent`` space."""
-        mu, _ = self.autoencoder.encode(x)
-        return mu * self.latent_scale
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Scaled (unpadded) latents -> volumes (B, 1, D, H, W), unclipped."""
-        return self.autoencoder.decode(z / self.latent_scale)
-
     # ------------------------------------------------------------------ diffusion
     def eps(self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Predicted noise of ``x_t`` at timesteps ``t`` given contexts (B, L, context_dim)."""
+        if self.config.unet.global_conditioning:
+            pooled = context[:, -N_ATTR:, :].flatten(1)  # the attribute tokens (null context when dropped)
+            return self.unet(x_t, timesteps=t, context=context, class_labels=pooled)
         return self.unet(x_t, timesteps=t, context=context)
-
-    def param_counts(self) -> dict[str, int]:
-        return {"autoencoder": sum(p.numel() for p in self.autoencoder.parameters()),
-                "unet": sum(p.numel() for p in self.unet.parameters()),
-                "conditioner": sum(p.numel() for p in self.conditioner.parameters()),
-                "total": sum(p.numel() for p in self.parameters())}
 
 
 def build_model(config: Ldm3dConfig, grid_shape: Sequence[int], text_dim: int = 384) -> Ldm3d:
     """Build an :class:`Ldm3d` for ``config`` on a grid of shape ``grid_shape``."""
     return Ldm3d(config, grid_shape, text_dim)
-
-
-def make_scheduler(config: Ldm3dConfig):
-    """MONAI DDPMScheduler (training; also the source of ``alphas_cumprod`` for our samplers).
-
-    ``clip_sample`` is off: scaled latents are not bounded to [-1, 1].
-    """
-    from monai.networks.schedulers import DDPMScheduler
-
-    s = config.scheduler
-    return DDPMScheduler(num_train_timesteps=s.num_train_timesteps, schedule=s.schedule,
-                         beta_start=s.beta_start, beta_end=s.beta_end, clip_sample=False)
 
 
 class CaptionEncoder:

@@ -23,13 +23,7 @@ every checkpoint also exports ``OUT/ldm3d_last.safetensors`` (float32, EMA weigh
 from __future__ import annotations
 
 import argparse
-import copy
-import csv
-import datetime as _dt
 import logging
-import os
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,92 +32,20 @@ import torch
 import torch.nn.functional as F
 
 from bench.data.subject import Cohort
+from generators.common.training import (atomic_torch_save, checkpoint_meta, diffusion_state, diffusion_update,
+                                        ema_copies, export_model, live_modules, load_state, progress_bar,
+                                        recent_mean, resolve_cohort, restore_diffusion_state, stage_deadline,
+                                        step_rng, train_autoencoder_stage, write_curve)
 from generators.ldm3d.checkpoint import save_checkpoint
-from generators.ldm3d.conditioning import attribute_features, compute_stats, get_caption_parser
+from generators.ldm3d.conditioning import encode_captions
 from generators.ldm3d.config import Ldm3dConfig, load_config
 from generators.ldm3d.model import Ldm3d, build_model, make_scheduler
+
+__all__ = ["STAGES", "Trainer", "main", "resolve_cohort", "train"]
 
 logger = logging.getLogger("generators.ldm3d.train")
 
 STAGES = ("autoencoder", "diffusion")
-
-
-# ----------------------------------------------------------------------------- helpers
-def _atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _load_state(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise RuntimeError(f"{path}: cannot read training state ({e}); delete it and train without --resume") from e
-
-
-def _step_rng(seed: int, stage: int, step: int) -> tuple[np.random.Generator, torch.Generator]:
-    g = torch.Generator().manual_seed((seed * 1_000_003 + stage * 7_919_111 + step) % (2**62))
-    return np.random.default_rng([seed, stage, step]), g
-
-
-def _write_curve(history: list[list[float]], columns: list[str], out: Path, title: str) -> None:
-    """Loss history -> CSV + PNG (matplotlib, Agg)."""
-    with open(out.with_suffix(".csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(columns)
-        w.writerows(history)
-    if len(history) < 2:
-        return
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover
-        return
-    h = np.asarray(history, dtype=np.float64)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    k = max(1, len(h) // 50)
-    smooth = np.convolve(h[:, 2], np.ones(k) / k, mode="valid")
-    ax.plot(h[:, 0], h[:, 2], alpha=0.3, lw=0.7, label="loss")
-    ax.plot(h[k - 1:, 0], smooth, lw=1.5, label=f"running mean ({k})")
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel(columns[2])
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out.with_suffix(".png"), dpi=100)
-    plt.close(fig)
-
-
-def resolve_cohort(name: str, grid: str, n_subjects: int = 400, seed: int = 0, quiet: bool = False) -> Cohort:
-    """A cohort folder path, or a registered cohort name (``phantom`` is built/cached on demand)."""
-    p = Path(name)
-    if p.is_dir():
-        return Cohort.load(p)
-    if name.lower() == "phantom":
-        try:
-            from bench.data.phantom import PhantomCohort  # type: ignore[import-not-found]
-        except ImportError as e:
-            raise RuntimeError(f"cohort 'phantom' is not available ({e}); pass a prepared cohort folder "
-                               "as --cohort DIR") from e
-        return PhantomCohort.get(grid, n_subjects=n_subjects, seed=seed, quiet=quiet)
-    from bench.registry import cohorts
-
-    obj = cohorts.get(name)
-    if hasattr(obj, "get"):
-        return obj.get(grid)
-    raise RuntimeError(f"cohort {name!r} cannot be built here; prepare it (python -m bench cohort prepare ...) "
-                       "and pass its folder as --cohort DIR")
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -157,21 +79,6 @@ class Trainer:
         (self.out / "config.yaml").write_text(_yaml_dump(config.to_dict()))
 
     # -------------------------------------------------------------- utilities
-    def _deadline(self, stage_cfg, elapsed: float, max_minutes: float | None) -> float:
-        now = time.monotonic()
-        limits = [float("inf")]
-        if stage_cfg.max_minutes and stage_cfg.max_minutes > 0:
-            limits.append(now + stage_cfg.max_minutes * 60 - elapsed)
-        if max_minutes is not None and max_minutes > 0:
-            limits.append(now + max_minutes * 60)
-        return min(limits)
-
-    def _progress(self, total: int, initial: int, desc: str):
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, initial=initial, desc=desc, disable=self.quiet, mininterval=5.0,
-                    dynamic_ncols=True, file=sys.stderr)
-
     def _volumes(self) -> torch.Tensor:
         path = self.out / "train_volumes.npy"
         ids_path = self.out / "train_volumes.ids"
@@ -186,79 +93,18 @@ class Trainer:
 
     # -------------------------------------------------------------- stage 1
     def train_autoencoder(self, *, resume: bool = False, max_minutes: float | None = None) -> dict:
-        cfg = self.config.training
-        acfg = cfg.autoencoder
-        ae = self.model.autoencoder
-        opt = torch.optim.AdamW(ae.parameters(), lr=acfg.lr, weight_decay=0.0)
-        state_path = self.out / "state_autoencoder.pt"
-        step, elapsed, history = 0, 0.0, []
-        if resume and state_path.exists():
-            st = _load_state(state_path)
-            ae.load_state_dict(st["autoencoder"])
-            opt.load_state_dict(st["optimizer"])
-            step, elapsed, history = int(st["step"]), float(st["elapsed"]), list(st["history"])
-            for group in opt.param_groups:  # the config is authoritative for the learning rate
-                group["lr"] = acfg.lr
-            logger.info("resumed autoencoder at step %d (%.1f min)", step, elapsed / 60)
-        vols = self._volumes()
-        n = vols.shape[0]
-        deadline = self._deadline(acfg, elapsed, max_minutes)
-        t_start, last_ckpt = time.monotonic(), time.monotonic()
-        elapsed0 = elapsed
-
-        def save(done: bool):
-            nonlocal last_ckpt
-            _atomic_torch_save({"autoencoder": ae.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                                "elapsed": elapsed0 + time.monotonic() - t_start, "history": history,
-                                "done": done}, state_path)
-            _write_curve(history, ["step", "time_s", "loss", "l1", "kl", "grad"], self.out / "loss_autoencoder",
-                         "autoencoder")
-            last_ckpt = time.monotonic()
-
-        ae.train()
-        bar = self._progress(acfg.steps, step, "autoencoder")
-        try:
-            while step < acfg.steps and time.monotonic() < deadline:
-                rng, _ = _step_rng(cfg.seed, 1, step)
-                idx = rng.choice(n, size=min(acfg.batch_size, n), replace=False)
-                x = vols[torch.from_numpy(idx)]
-                rec, mu, sigma = ae(x)
-                l1 = (rec - x).abs().mean()
-                kl = 0.5 * (mu.pow(2) + sigma.pow(2) - torch.log(sigma.pow(2) + 1e-12) - 1).sum(dim=(1, 2, 3, 4)).mean()
-                gl = sum(((rec.diff(dim=d) - x.diff(dim=d)).abs().mean() for d in (2, 3, 4)), torch.zeros(())) / 3
-                loss = l1 + acfg.kl_weight * kl + acfg.grad_weight * gl
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(ae.parameters(), cfg.grad_clip)
-                opt.step()
-                step += 1
-                history.append([step, round(elapsed0 + time.monotonic() - t_start, 2), float(loss.detach()),
-                                float(l1.detach()), float(kl.detach()), float(gl.detach())])
-                bar.update(1)
-                if step % 10 == 0:
-                    bar.set_postfix(loss=f"{np.mean([h[2] for h in history[-50:]]):.4f}",
-                                    l1=f"{np.mean([h[3] for h in history[-50:]]):.4f}")
-                if step % 100 == 0:
-                    logger.info("autoencoder step %d loss %.4f l1 %.4f kl %.1f grad %.4f", step,
-                                *(np.mean([h[j] for h in history[-100:]]) for j in (2, 3, 4, 5)))
-                if time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
-                    save(False)
-        finally:
-            bar.close()
-            save(step >= acfg.steps)
-        ae.eval()
-        logger.info("autoencoder: %d steps, %.1f min, last-100 L1 %.4f", step,
-                    (elapsed0 + time.monotonic() - t_start) / 60,
-                    np.mean([h[3] for h in history[-100:]]) if history else float("nan"))
-        return {"steps": step, "minutes": round((elapsed0 + time.monotonic() - t_start) / 60, 2),
-                "final_l1": float(np.mean([h[3] for h in history[-100:]])) if history else None}
+        """Stage 1 (see :func:`generators.common.training.train_autoencoder_stage`)."""
+        return train_autoencoder_stage(self.model.autoencoder, self._volumes(), self.config,
+                                       self.out / "state_autoencoder.pt", self.out / "loss_autoencoder",
+                                       resume=resume, max_minutes=max_minutes, quiet=self.quiet, desc="autoencoder",
+                                       curve_title="autoencoder", logger=logger)
 
     # -------------------------------------------------------------- caches
     def _load_autoencoder(self) -> dict:
         path = self.out / "state_autoencoder.pt"
         if not path.exists():
             raise RuntimeError(f"{path}: no trained autoencoder; run --stage autoencoder first (same --out)")
-        st = _load_state(path)
+        st = load_state(path)
         self.model.autoencoder.load_state_dict(st["autoencoder"])
         self.model.autoencoder.eval()
         return st
@@ -269,12 +115,10 @@ class Trainer:
         path = self.out / "latents.pt"
         ids = [s.subject_id for s in self.train_subjects]
         if path.exists():
-            c = _load_state(path)
+            c = load_state(path)
             if c.get("ae_step") == ae_step and c.get("ids") == ids and \
                     c.get("max_tokens") == self.config.conditioning.max_tokens:
                 return c
-        from generators.text import get_text_encoder
-
         vols = self._volumes()
         logger.info("encoding %d train volumes once (autoencoder step %d)", len(ids), ae_step)
         mus, sigmas = [], []
@@ -287,26 +131,18 @@ class Trainer:
         z = mu + sigma * torch.randn(mu.shape, generator=g)
         scale = 1.0 / float(z.std())
         cond = self.config.conditioning
-        te = get_text_encoder(cond.text_encoder, "cpu", cond.max_tokens)
         captions = [s.caption for s in self.train_subjects]
-        toks, masks = [], []
-        for i in range(0, len(captions), 32):
-            t, m = te.encode_tokens(captions[i:i + 32])
-            toks.append(t.half())
-            masks.append(m)
-        parse, parser_name = get_caption_parser()
-        parsed = [parse(c) for c in captions]
-        stats = compute_stats(parsed)
-        attrs = torch.from_numpy(np.stack([attribute_features(p, stats) for p in parsed]))
+        enc = encode_captions(captions, cond)
+        te, stats = enc["encoder"], enc["stats"]
         n_trunc = sum(len(te.tokenizer(c)["input_ids"]) > cond.max_tokens for c in captions)
         if n_trunc:
             logger.warning("%d train caption(s) exceed conditioning.max_tokens=%d and are truncated", n_trunc,
                            cond.max_tokens)
-        c = {"ae_step": ae_step, "ids": ids, "mu": mu, "sigma": sigma, "scale": scale, "tokens": torch.cat(toks),
-             "mask": torch.cat(masks), "attrs": attrs, "stats": [[k, *v] for k, v in stats.items()],
-             "parser": parser_name, "max_tokens": cond.max_tokens, "text_fingerprint": te.fingerprint,
+        c = {"ae_step": ae_step, "ids": ids, "mu": mu, "sigma": sigma, "scale": scale, "tokens": enc["tokens"],
+             "mask": enc["mask"], "attrs": enc["attrs"], "stats": [[k, *v] for k, v in stats.items()],
+             "parser": enc["parser"], "max_tokens": cond.max_tokens, "text_fingerprint": te.fingerprint,
              "text_model": te.model_dir.name, "text_dim": te.dim, "n_truncated": n_trunc}
-        _atomic_torch_save(c, path)
+        atomic_torch_save(c, path)
         logger.info("latent cache: %s, latent scale %.4f", tuple(mu.shape), scale)
         return c
 
@@ -321,58 +157,48 @@ class Trainer:
         model.conditioner.set_stats({k: (m, s) for k, m, s in cache["stats"]})
         params = list(model.unet.parameters()) + list(model.conditioner.parameters())
         opt = torch.optim.AdamW(params, lr=dcfg.lr, weight_decay=0.0)
-        ema_modules = {"unet": copy.deepcopy(model.unet).eval(), "conditioner": copy.deepcopy(model.conditioner).eval()}
-        for m in ema_modules.values():
-            m.requires_grad_(False)
+        live = live_modules(model)
+        ema_modules = ema_copies(live)
         state_path = self.out / "state_diffusion.pt"
         step, elapsed, history = 0, 0.0, []
-        if resume and state_path.exists() and _load_state(state_path).get("ae_step") != int(ae_state["step"]):
+        if resume and state_path.exists() and load_state(state_path).get("ae_step") != int(ae_state["step"]):
             logger.warning("%s was trained on latents of another autoencoder state (step %s, now %s); "
                            "starting the diffusion stage from scratch", state_path,
-                           _load_state(state_path).get("ae_step"), int(ae_state["step"]))
+                           load_state(state_path).get("ae_step"), int(ae_state["step"]))
             resume = False
         if resume and state_path.exists():
-            st = _load_state(state_path)
-            model.unet.load_state_dict(st["unet"])
-            model.conditioner.load_state_dict(st["conditioner"])
-            ema_modules["unet"].load_state_dict(st["ema_unet"])
-            ema_modules["conditioner"].load_state_dict(st["ema_conditioner"])
-            opt.load_state_dict(st["optimizer"])
-            step, elapsed, history = int(st["step"]), float(st["elapsed"]), list(st["history"])
+            step, elapsed, history = restore_diffusion_state(load_state(state_path), model, ema_modules, opt)
             logger.info("resumed diffusion at step %d (%.1f min)", step, elapsed / 60)
         mu, sigma, scale = cache["mu"], cache["sigma"], float(cache["scale"])
         tokens, mask, attrs = cache["tokens"], cache["mask"], cache["attrs"]
         n = mu.shape[0]
         T = self.config.scheduler.num_train_timesteps
         p_drop = self.config.conditioning.caption_dropout
-        deadline = self._deadline(dcfg, elapsed, max_minutes)
+        deadline = stage_deadline(dcfg.max_minutes, elapsed, max_minutes)
         t_start, last_ckpt = time.monotonic(), time.monotonic()
         elapsed0 = elapsed
         ae_info = {"steps": int(ae_state["step"]), "minutes": round(float(ae_state["elapsed"]) / 60, 2),
-                   "final_l1": float(np.mean([h[3] for h in ae_state["history"][-100:]])) if ae_state["history"] else None}
+                   "final_l1": recent_mean(ae_state["history"], 3, 100)}
 
         def save(done: bool):
             nonlocal last_ckpt
             minutes = (elapsed0 + time.monotonic() - t_start) / 60
-            _atomic_torch_save({"unet": model.unet.state_dict(), "conditioner": model.conditioner.state_dict(),
-                                "ema_unet": ema_modules["unet"].state_dict(),
-                                "ema_conditioner": ema_modules["conditioner"].state_dict(),
-                                "optimizer": opt.state_dict(), "step": step, "elapsed": minutes * 60,
-                                "history": history, "done": done, "ae_step": int(ae_state["step"])}, state_path)
-            _write_curve(history, ["step", "time_s", "loss"], self.out / "loss_diffusion", "latent diffusion (MSE)")
+            atomic_torch_save(diffusion_state(model, ema_modules, opt, step, minutes * 60, history, done=done,
+                                              ae_step=int(ae_state["step"])), state_path)
+            write_curve(history, ["step", "time_s", "loss"], self.out / "loss_diffusion", "latent diffusion (MSE)")
             if step > 0:
                 self.export(ema_modules, cache, ae_info, {
                     "steps": step, "minutes": round(minutes, 2), "batch_size": dcfg.batch_size,
-                    "final_loss": float(np.mean([h[2] for h in history[-200:]])) if history else None,
+                    "final_loss": recent_mean(history, 2, 200),
                     "done": done})
             last_ckpt = time.monotonic()
 
         model.unet.train()
         model.conditioner.train()
-        bar = self._progress(dcfg.steps, step, "diffusion")
+        bar = progress_bar(dcfg.steps, step, "diffusion", self.quiet)
         try:
             while step < dcfg.steps and time.monotonic() < deadline:
-                rng, g = _step_rng(cfg.seed, 2, step)
+                rng, g = step_rng(cfg.seed, 2, step)
                 idx = torch.from_numpy(rng.choice(n, size=min(dcfg.batch_size, n), replace=n < dcfg.batch_size))
                 b = len(idx)
                 z = (mu[idx] + sigma[idx] * torch.randn(mu[idx].shape, generator=g)) * scale
@@ -383,53 +209,37 @@ class Trainer:
                 x_t = self.scheduler.add_noise(z, noise, t)
                 ctx = model.conditioner(tokens[idx].float(), mask[idx], attrs[idx], drop)
                 pred = model.eps(x_t, t, ctx)
-                loss = F.mse_loss(pred, noise)
-                for group in opt.param_groups:
-                    group["lr"] = dcfg.lr * min(1.0, (step + 1) / max(1, dcfg.warmup_steps))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                opt.step()
-                step += 1
-                decay = min(dcfg.ema_decay, (1 + step) / (10 + step))
-                with torch.no_grad():
-                    for name, live in (("unet", model.unet), ("conditioner", model.conditioner)):
-                        for pe, pl in zip(ema_modules[name].parameters(), live.parameters()):
-                            pe.mul_(decay).add_(pl.detach(), alpha=1 - decay)
+                if dcfg.snr_gamma > 0:  # Min-SNR-gamma weighting for epsilon prediction
+                    ac = self.scheduler.alphas_cumprod[t]
+                    snr = ac / (1 - ac)
+                    w = torch.clamp(snr, max=dcfg.snr_gamma) / snr
+                    loss = (w * (pred - noise).pow(2).mean(dim=(1, 2, 3, 4))).mean()
+                else:
+                    loss = F.mse_loss(pred, noise)
+                step = diffusion_update(opt, loss, params, step, dcfg, cfg.grad_clip, ema_modules, live)
                 history.append([step, round(elapsed0 + time.monotonic() - t_start, 2), float(loss.detach())])
                 bar.update(1)
                 if step % 10 == 0:
-                    bar.set_postfix(loss=f"{np.mean([h[2] for h in history[-100:]]):.4f}")
+                    bar.set_postfix(loss=f"{recent_mean(history, 2, 100):.4f}")
                 if step % 100 == 0:
-                    logger.info("diffusion step %d loss(avg100) %.4f", step, np.mean([h[2] for h in history[-100:]]))
+                    logger.info("diffusion step %d loss(avg100) %.4f", step, recent_mean(history, 2, 100))
                 if time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
                     save(False)
         finally:
             bar.close()
             save(step >= dcfg.steps)
         return {"steps": step, "minutes": round((elapsed0 + time.monotonic() - t_start) / 60, 2),
-                "final_loss": float(np.mean([h[2] for h in history[-200:]])) if history else None}
+                "final_loss": recent_mean(history, 2, 200)}
 
     # -------------------------------------------------------------- export
     def export(self, ema_modules: dict, cache: dict, ae_info: dict, diff_info: dict) -> Path:
         """EMA weights + autoencoder -> ``OUT/ldm3d_last.safetensors`` (and the ``--ship`` copy)."""
-        export = build_model(self.config, self.cohort.grid.shape, int(cache.get("text_dim", 384)))
-        export.autoencoder.load_state_dict(self.model.autoencoder.state_dict())
-        export.unet.load_state_dict(ema_modules["unet"].state_dict())
-        export.conditioner.load_state_dict(ema_modules["conditioner"].state_dict())
-        export.latent_scale.fill_(float(cache["scale"]))
-        meta = {
-            "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "cohort": {"name": self.cohort.name, "content_hash": self.cohort.content_hash,
-                       "synthetic": self.cohort.synthetic, "n_train": len(self.train_subjects),
-                       "grid": self.cohort.grid.to_dict()},
-            "training": {"seed": self.config.training.seed, "autoencoder": ae_info, "diffusion": diff_info,
-                         "weights": "ema", "torch": torch.__version__, "monai": _monai_version()},
-            "text_encoder": {"model": cache.get("text_model"), "fingerprint": cache.get("text_fingerprint"),
-                             "max_tokens": cache.get("max_tokens"), "dim": cache.get("text_dim", 384)},
-            "text_dim": int(cache.get("text_dim", 384)),
-            "caption_parser": cache.get("parser"),
-        }
+        export = export_model(build_model(self.config, self.cohort.grid.shape, int(cache.get("text_dim", 384))),
+                              self.model, ema_modules, cache["scale"])
+        text = {"model": cache.get("text_model"), "fingerprint": cache.get("text_fingerprint"),
+                "max_tokens": cache.get("max_tokens"), "dim": cache.get("text_dim", 384)}
+        meta = checkpoint_meta(self.cohort, len(self.train_subjects), self.config.training.seed, ae_info, diff_info,
+                               text, cache.get("parser"), monai=_monai_version())
         last = self.out / "ldm3d_last.safetensors"
         sha = save_checkpoint(export, last, meta)
         logger.info("exported %s (sha256 %s…)", last, sha[:12])

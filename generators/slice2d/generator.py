@@ -85,7 +85,7 @@ class Slice2dGenerator:
         shape = self.model.padded_latent_shape
         noise = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(self.device)
         labels = torch.arange(S, device=self.device).repeat(len(texts))
-        z = sample_latents(SliceEps(self.model, labels), noise, ctx, alphas_cumprod=self.alphas_cumprod,
+        z = sample_latents(SliceEps(self.model, labels, self.alphas_cumprod), noise, ctx, alphas_cumprod=self.alphas_cumprod,
                            steps=self.steps, scheduler=self.scheduler_name,
                            guidance=None if self.guidance == 1.0 else self.guidance, generators=gens)
         x = self.model.decode(self.model.crop(z)).clamp_(0.0, 1.0)
@@ -108,6 +108,7 @@ class Slice2dGenerator:
         return {"name": self.name, "checkpoint": self.checkpoint_path, "checkpoint_sha256": self.sha256,
                 "scheduler": self.scheduler_name, "steps": self.steps, "guidance": self.guidance,
                 "slice_axis": self.model.config.slice_axis, "n_slices": self.model.n_slices,
+                "prediction": self.model.config.prediction,
                 "param_counts": self.model.param_counts(), "latent_shape": list(self.model.latent_shape),
                 "training": {"cohort": self.meta.get("cohort"), "autoencoder": tr.get("autoencoder"),
                              "diffusion": tr.get("diffusion"), "seed": tr.get("seed"),

@@ -8,8 +8,8 @@ Usage::
 
 Stage 1 fits the 2D KL autoencoder on random slices (L1 + KL + L1 on finite differences, as ldm3d).
 The posterior means of every slice of every training volume, the caption token embeddings and the
-attribute features are then computed once; stage 2 trains the UNet on (slice latent, slice index,
-caption) triples with caption dropout for classifier-free guidance (Ho & Salimans 2022). Batch order
+attribute features are then computed once; stage 2 trains the UNet (v-prediction, Salimans & Ho 2022,
+by default) on (slice latent, slice index, caption) triples with caption dropout for classifier-free guidance (Ho & Salimans 2022). Batch order
 and noise of step ``s`` derive from ``(seed, stage, s)``; ``OUT/state_<stage>.pt`` (read back with
 ``torch.load(weights_only=True)``) is rewritten every ``training.checkpoint_minutes`` and at the end,
 so ``--resume`` continues where a run stopped. The EMA weights are exported to
@@ -19,55 +19,24 @@ so ``--resume`` continues where a run stopped. The EMA weights are exported to
 from __future__ import annotations
 
 import argparse
-import copy
-import csv
-import datetime as _dt
 import logging
-import os
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from bench.data.subject import Cohort
-from generators.ldm3d.conditioning import attribute_features, compute_stats, get_caption_parser
+from generators.common.training import (atomic_torch_save, checkpoint_meta, diffusion_state, diffusion_update,
+                                        ema_copies, export_model, live_modules, load_state, progress_bar,
+                                        recent_mean, resolve_cohort, restore_diffusion_state, stage_deadline,
+                                        step_rng, train_autoencoder_stage, write_curve)
+from generators.ldm3d.conditioning import encode_captions
 from generators.slice2d.model import Slice2d, Slice2dConfig, load_config, make_scheduler, save_checkpoint
 
+__all__ = ["Trainer", "main", "train"]
+
 logger = logging.getLogger("generators.slice2d.train")
-
-
-def _save_state(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _load_state(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise RuntimeError(f"{path}: cannot read training state ({e}); delete it and train without --resume") from e
-
-
-def _rng(seed: int, stage: int, step: int) -> tuple[np.random.Generator, torch.Generator]:
-    return (np.random.default_rng([seed, stage, step]),
-            torch.Generator().manual_seed((seed * 1_000_003 + stage * 7_919_111 + step) % (2**62)))
-
-
-def _write_curve(history: list, columns: list[str], path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(columns)
-        w.writerows(history)
 
 
 class Trainer:
@@ -96,88 +65,26 @@ class Trainer:
             self._slices = self.model.to_slices(vols).contiguous()
         return self._slices
 
-    def _bar(self, total: int, initial: int, desc: str):
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, initial=initial, desc=desc, disable=self.quiet, mininterval=5.0, file=sys.stderr)
-
     # -------------------------------------------------------------- stage 1
     def train_autoencoder(self, *, resume: bool, max_minutes: float | None) -> dict:
-        cfg, acfg = self.config.training, self.config.training.autoencoder
-        ae = self.model.autoencoder
-        opt = torch.optim.AdamW(ae.parameters(), lr=acfg.lr, weight_decay=0.0)
-        path = self.out / "state_autoencoder.pt"
-        step, elapsed, history = 0, 0.0, []
-        if resume and path.exists():
-            st = _load_state(path)
-            ae.load_state_dict(st["autoencoder"])
-            opt.load_state_dict(st["optimizer"])
-            step, elapsed, history = int(st["step"]), float(st["elapsed"]), list(st["history"])
-        x_all = self.slices()
-        budget = min(m for m in (acfg.max_minutes or float("inf"), max_minutes or float("inf"))) * 60
-        t0, last = time.monotonic(), time.monotonic()
-
-        def save():
-            _save_state({"autoencoder": ae.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                         "elapsed": elapsed + time.monotonic() - t0, "history": history}, path)
-            _write_curve(history, ["step", "time_s", "loss", "l1", "kl", "grad"], self.out / "loss_autoencoder.csv")
-
-        ae.train()
-        bar = self._bar(acfg.steps, step, "slice2d autoencoder")
-        try:
-            while step < acfg.steps and elapsed + time.monotonic() - t0 < budget:
-                rng, _ = _rng(cfg.seed, 1, step)
-                x = x_all[torch.from_numpy(rng.choice(len(x_all), size=acfg.batch_size, replace=False))]
-                rec, mu, sigma = ae(x)
-                l1 = (rec - x).abs().mean()
-                kl = 0.5 * (mu.pow(2) + sigma.pow(2) - torch.log(sigma.pow(2) + 1e-12) - 1).sum(dim=(1, 2, 3)).mean()
-                gl = sum(((rec.diff(dim=d) - x.diff(dim=d)).abs().mean() for d in (2, 3)), torch.zeros(())) / 2
-                loss = l1 + acfg.kl_weight * kl + acfg.grad_weight * gl
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(ae.parameters(), cfg.grad_clip)
-                opt.step()
-                step += 1
-                history.append([step, round(elapsed + time.monotonic() - t0, 2), float(loss.detach()), float(l1.detach()), float(kl.detach()),
-                                float(gl.detach())])
-                bar.update(1)
-                if step % 100 == 0:
-                    logger.info("autoencoder step %d l1 %.4f", step, np.mean([h[3] for h in history[-100:]]))
-                if time.monotonic() - last > cfg.checkpoint_minutes * 60:
-                    save()
-                    last = time.monotonic()
-        finally:
-            bar.close()
-            save()
-        ae.eval()
-        return {"steps": step, "minutes": round((elapsed + time.monotonic() - t0) / 60, 2),
-                "batch_size": acfg.batch_size,
-                "final_l1": float(np.mean([h[3] for h in history[-100:]])) if history else None}
+        """Stage 1 on random slices (see :func:`generators.common.training.train_autoencoder_stage`);
+        ``max_minutes`` caps the stage's total time including what a resumed run already spent."""
+        return train_autoencoder_stage(self.model.autoencoder, self.slices(), self.config,
+                                       self.out / "state_autoencoder.pt", self.out / "loss_autoencoder.csv",
+                                       resume=resume, max_minutes=max_minutes, quiet=self.quiet,
+                                       desc="slice2d autoencoder", cap_includes_elapsed=True, logger=logger)
 
     # -------------------------------------------------------------- caches
     @torch.no_grad()
     def cache(self) -> dict:
         """Slice latents (posterior means), caption tokens, attribute features, z-scoring stats."""
-        from generators.text import get_text_encoder
-
         x_all = self.slices()
         mus = [self.model.autoencoder.encode(x_all[i:i + 256])[0] for i in range(0, len(x_all), 256)]
         mu = torch.cat(mus)
         scale = 1.0 / float(mu.std())
-        cond = self.config.conditioning
-        te = get_text_encoder(cond.text_encoder, "cpu", cond.max_tokens)
-        captions = [s.caption for s in self.train_subjects]
-        toks, masks = [], []
-        for i in range(0, len(captions), 32):
-            t, m = te.encode_tokens(captions[i:i + 32])
-            toks.append(t.half())
-            masks.append(m)
-        parse, parser_name = get_caption_parser()
-        parsed = [parse(c) for c in captions]
-        stats = compute_stats(parsed)
-        attrs = torch.from_numpy(np.stack([attribute_features(p, stats) for p in parsed]))
-        return {"mu": mu, "scale": scale, "tokens": torch.cat(toks), "mask": torch.cat(masks), "attrs": attrs,
-                "stats": stats, "parser": parser_name, "text_fingerprint": te.fingerprint,
+        enc = encode_captions([s.caption for s in self.train_subjects], self.config.conditioning)
+        te = enc.pop("encoder")
+        return {"mu": mu, "scale": scale, **enc, "text_fingerprint": te.fingerprint,
                 "text_model": te.model_dir.name, "text_dim": te.dim}
 
     # -------------------------------------------------------------- stage 2
@@ -189,43 +96,33 @@ class Trainer:
         model.conditioner.set_stats(c["stats"])
         params = list(model.unet.parameters()) + list(model.conditioner.parameters())
         opt = torch.optim.AdamW(params, lr=dcfg.lr, weight_decay=0.0)
-        ema = {"unet": copy.deepcopy(model.unet).eval(), "conditioner": copy.deepcopy(model.conditioner).eval()}
-        for m in ema.values():
-            m.requires_grad_(False)
+        live = live_modules(model)
+        ema = ema_copies(live)
         path = self.out / "state_diffusion.pt"
         step, elapsed, history = 0, 0.0, []
         if resume and path.exists():
-            st = _load_state(path)
-            model.unet.load_state_dict(st["unet"])
-            model.conditioner.load_state_dict(st["conditioner"])
-            ema["unet"].load_state_dict(st["ema_unet"])
-            ema["conditioner"].load_state_dict(st["ema_conditioner"])
-            opt.load_state_dict(st["optimizer"])
-            step, elapsed, history = int(st["step"]), float(st["elapsed"]), list(st["history"])
+            step, elapsed, history = restore_diffusion_state(load_state(path), model, ema, opt)
         S = model.n_slices
         n = c["mu"].shape[0]
         T = self.config.scheduler.num_train_timesteps
-        budget = min(m for m in (dcfg.max_minutes or float("inf"), max_minutes or float("inf"))) * 60
-        t0, last = time.monotonic(), time.monotonic()
+        deadline = stage_deadline(dcfg.max_minutes, elapsed, max_minutes, cap_includes_elapsed=True)
+        t0 = last = time.monotonic()
 
         def save(done: bool):
             minutes = (elapsed + time.monotonic() - t0) / 60
-            _save_state({"unet": model.unet.state_dict(), "conditioner": model.conditioner.state_dict(),
-                         "ema_unet": ema["unet"].state_dict(), "ema_conditioner": ema["conditioner"].state_dict(),
-                         "optimizer": opt.state_dict(), "step": step, "elapsed": minutes * 60,
-                         "history": history}, path)
-            _write_curve(history, ["step", "time_s", "loss"], self.out / "loss_diffusion.csv")
+            atomic_torch_save(diffusion_state(model, ema, opt, step, minutes * 60, history), path)
+            write_curve(history, ["step", "time_s", "loss"], self.out / "loss_diffusion.csv")
             if step > 0:
                 self.export(ema, c, ae_info, {"steps": step, "minutes": round(minutes, 2),
                                               "batch_size": dcfg.batch_size, "done": done,
-                                              "final_loss": float(np.mean([h[2] for h in history[-200:]]))})
+                                              "final_loss": recent_mean(history, 2, 200)})
 
         model.unet.train()
         model.conditioner.train()
-        bar = self._bar(dcfg.steps, step, "slice2d diffusion")
+        bar = progress_bar(dcfg.steps, step, "slice2d diffusion", self.quiet)
         try:
-            while step < dcfg.steps and elapsed + time.monotonic() - t0 < budget:
-                rng, g = _rng(cfg.seed, 2, step)
+            while step < dcfg.steps and time.monotonic() < deadline:
+                rng, g = step_rng(cfg.seed, 2, step)
                 idx = torch.from_numpy(rng.choice(n, size=dcfg.batch_size, replace=False))
                 subj, sl = idx // S, idx % S
                 z = model.pad(c["mu"][idx] * c["scale"])
@@ -233,23 +130,13 @@ class Trainer:
                 t = torch.randint(0, T, (len(idx),), generator=g)
                 drop = torch.rand(len(idx), generator=g) < self.config.conditioning.caption_dropout
                 ctx = model.conditioner(c["tokens"][subj].float(), c["mask"][subj], c["attrs"][subj], drop)
-                loss = F.mse_loss(model.eps(self.scheduler.add_noise(z, noise, t), t, ctx, sl), noise)
-                for group in opt.param_groups:
-                    group["lr"] = dcfg.lr * min(1.0, (step + 1) / max(1, dcfg.warmup_steps))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                opt.step()
-                step += 1
-                decay = min(dcfg.ema_decay, (1 + step) / (10 + step))
-                with torch.no_grad():
-                    for name, live in (("unet", model.unet), ("conditioner", model.conditioner)):
-                        for pe, pl in zip(ema[name].parameters(), live.parameters()):
-                            pe.mul_(decay).add_(pl.detach(), alpha=1 - decay)
+                target = self.scheduler.get_velocity(z, noise, t) if self.config.prediction == "v" else noise
+                loss = F.mse_loss(model.eps(self.scheduler.add_noise(z, noise, t), t, ctx, sl), target)
+                step = diffusion_update(opt, loss, params, step, dcfg, cfg.grad_clip, ema, live)
                 history.append([step, round(elapsed + time.monotonic() - t0, 2), float(loss.detach())])
                 bar.update(1)
                 if step % 200 == 0:
-                    logger.info("diffusion step %d loss(avg200) %.4f", step, np.mean([h[2] for h in history[-200:]]))
+                    logger.info("diffusion step %d loss(avg200) %.4f", step, recent_mean(history, 2, 200))
                 if time.monotonic() - last > cfg.checkpoint_minutes * 60:
                     save(False)
                     last = time.monotonic()
@@ -257,23 +144,15 @@ class Trainer:
             bar.close()
             save(step >= dcfg.steps)
         return {"steps": step, "minutes": round((elapsed + time.monotonic() - t0) / 60, 2),
-                "final_loss": float(np.mean([h[2] for h in history[-200:]])) if history else None}
+                "final_loss": recent_mean(history, 2, 200)}
 
     def export(self, ema: dict, c: dict, ae_info: dict, diff_info: dict) -> Path:
-        export = Slice2d(self.config, self.cohort.grid.shape, int(c["text_dim"]))
-        export.autoencoder.load_state_dict(self.model.autoencoder.state_dict())
-        export.unet.load_state_dict(ema["unet"].state_dict())
-        export.conditioner.load_state_dict(ema["conditioner"].state_dict())
-        export.latent_scale.fill_(float(c["scale"]))
-        meta = {"created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "cohort": {"name": self.cohort.name, "content_hash": self.cohort.content_hash,
-                           "synthetic": self.cohort.synthetic, "n_train": len(self.train_subjects),
-                           "grid": self.cohort.grid.to_dict()},
-                "training": {"seed": self.config.training.seed, "autoencoder": ae_info, "diffusion": diff_info,
-                             "weights": "ema", "torch": torch.__version__},
-                "text_encoder": {"model": c["text_model"], "fingerprint": c["text_fingerprint"],
-                                 "max_tokens": self.config.conditioning.max_tokens, "dim": c["text_dim"]},
-                "text_dim": int(c["text_dim"]), "caption_parser": c["parser"]}
+        export = export_model(Slice2d(self.config, self.cohort.grid.shape, int(c["text_dim"])), self.model, ema,
+                              c["scale"])
+        text = {"model": c["text_model"], "fingerprint": c["text_fingerprint"],
+                "max_tokens": self.config.conditioning.max_tokens, "dim": c["text_dim"]}
+        meta = checkpoint_meta(self.cohort, len(self.train_subjects), self.config.training.seed, ae_info, diff_info,
+                               text, c["parser"])
         last = self.out / "slice2d_last.safetensors"
         save_checkpoint(export, last, meta, half=False)
         if self.ship is not None:
@@ -306,8 +185,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from generators.ldm3d.train import resolve_cohort
-
     config = load_config(args.config)
     config.grid = args.grid
     cohort = resolve_cohort(args.cohort, args.grid, args.n_subjects, args.cohort_seed, args.quiet)

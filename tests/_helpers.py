@@ -1,0 +1,66 @@
+"""Shared set-up of the tiny latent-diffusion tests (tests/test_ldm3d.py, tests/test_baselines.py)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+
+from bench.data.grid import Grid
+from bench.data.subject import STRUCTURES, Cohort, Subject, save_nifti
+
+TINY = Grid("tiny", 6.0, (16, 16, 24))  # latent 4 x 4 x 6 -> padded to 4 x 4 x 8 for the UNet
+
+PROMPT = "Synthetic phantom. T1-weighted brain MRI of a 63-year-old woman. Lateral ventricles 32.1 mL (78th percentile)."
+OTHER = "Synthetic phantom. FLAIR brain MRI of a 30-year-old man. Lateral ventricles 12.0 mL (20th percentile)."
+
+TINY_NETWORKS = {
+    "autoencoder": {"channels": [4, 8, 8], "num_res_blocks": 1, "latent_channels": 2, "norm_num_groups": 4},
+    "unet": {"channels": [8, 16, 16], "attention_levels": [False, True, True], "num_res_blocks": 1,
+             "num_head_channels": 8, "norm_num_groups": 8},
+    "conditioning": {"max_tokens": 48, "context_dim": 16},
+}
+
+
+def tiny_config(name: str, *, ae_steps: int, ae_batch: int, diff_steps: int, diff_batch: int, **top) -> dict:
+    """A config dict of the tiny networks (ldm3d or slice2d) that checkpoints after every step.
+
+    Args:
+        name: the config's ``name``.
+        ae_steps, ae_batch: autoencoder steps and batch size.
+        diff_steps, diff_batch: diffusion steps and batch size.
+        top: more top-level keys (e.g. ``slice_axis``).
+    """
+    return {"name": name, "grid": "tiny", **top, **copy.deepcopy(TINY_NETWORKS),
+            "training": {"checkpoint_minutes": 0.0,
+                         "autoencoder": {"steps": ae_steps, "batch_size": ae_batch, "max_minutes": 0},
+                         "diffusion": {"steps": diff_steps, "batch_size": diff_batch, "max_minutes": 0}}}
+
+
+def tiny_cohort(root: Path, n: int = 6, *, detailed: bool = True) -> Cohort:
+    """A saved cohort of ``n`` random-noise subjects on :data:`TINY` (the first 4 train, the rest test).
+
+    Args:
+        root: the cohort folder.
+        n: number of subjects.
+        detailed: captions also name the ventricles' percentile and the grey-matter volume.
+    """
+    rng = np.random.default_rng(0)
+    mask = np.zeros(TINY.shape, np.float32)
+    mask[2:-2, 2:-2, 3:-3] = 1
+    save_nifti(root / "brain_mask.nii.gz", mask, TINY)
+    subjects = []
+    for i in range(n):
+        img = root / "images" / f"s{i}.nii.gz"
+        save_nifti(img, (rng.random(TINY.shape) * mask).astype(np.float32), TINY)
+        mod, sex, age = ("T1", "T2", "PD", "FLAIR")[i % 4], "FM"[i % 2], float(20 + 10 * i)
+        vols = {k: float(rng.uniform(1, 50)) for k in STRUCTURES}
+        cap = (f"Synthetic phantom. {mod}-weighted brain MRI of a {age:.0f}-year-old "
+               f"{'woman' if sex == 'F' else 'man'}. Lateral ventricles {vols['lateral_ventricles']:.1f} mL")
+        cap += f" ({10 * i + 5}th percentile); grey matter {vols['gm']:.1f} mL." if detailed else "."
+        subjects.append(Subject(f"s{i}", "train" if i < 4 else "test", mod, img, age=age, sex=sex, volumes=vols,
+                                caption=cap, synthetic=True))
+    cohort = Cohort("tiny", root, TINY, subjects, {"synthetic": True})
+    cohort.save()
+    return cohort
