@@ -12,7 +12,10 @@ from bench.data.grid import Grid
 from generators.base import GeneratorContext, Prompt
 from tests._helpers import OTHER, PROMPT, TINY, tiny_cohort, tiny_config
 
-TINY_CONFIG = tiny_config("ldm3d-tiny-test", ae_steps=3, ae_batch=2, diff_steps=3, diff_batch=4)
+TINY_CONFIG = tiny_config("ldm3d-tiny-test", ae_steps=3, ae_batch=2, diff_steps=3, diff_batch=4, prediction="v")
+# the options of the shipped config: global attribute conditioning, Min-SNR weighting, posterior-mean latents
+TINY_CONFIG["unet"]["global_conditioning"] = True
+TINY_CONFIG["training"]["diffusion"].update(snr_gamma=5.0, latents="mean")
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +46,9 @@ def test_bundled_config_loads_and_unknown_key_is_named(tmp_path):
 
     cfg = load_config("phantom_3mm")
     assert cfg.grid == "3mm" and cfg.unet.use_flash_attention
+    assert cfg.prediction == "v" and cfg.unet.global_conditioning and cfg.training.diffusion.latents == "mean"
+    with pytest.raises(ConfigError, match=r"prediction='x0'"):
+        Ldm3dConfig.from_dict({"prediction": "x0"})
     with pytest.raises(ConfigError, match=r"unet\.chanels"):
         Ldm3dConfig.from_dict({"unet": {"chanels": [8, 16]}})
     bad = tmp_path / "bad.yaml"
@@ -66,6 +72,7 @@ def test_training_smoke_checkpoint_and_resume(trained):
     assert meta["cohort"]["content_hash"] == trained["cohort"].content_hash
     assert meta["cohort"]["n_train"] == 4 and meta["training"]["diffusion"]["steps"] == 3
     assert meta["config"]["name"] == "ldm3d-tiny-test" and meta["latent_scale"] > 0
+    assert meta["config"]["prediction"] == "v" and meta["training"]["diffusion"]["latents"] == "mean"
     assert len(meta["text_encoder"]["fingerprint"]) == 64
     loaded = load_checkpoint(trained["ckpt"])
     assert float(loaded.model.latent_scale) == pytest.approx(meta["latent_scale"])
@@ -146,10 +153,10 @@ def test_guidance_one_equals_conditional_only(trained):
     v_cond, z_cond = g.sample([PROMPT, OTHER], [3, 4], guidance=None)
     np.testing.assert_allclose(z_guided, z_cond, atol=1e-5)
     np.testing.assert_allclose(v_guided, v_cond, atol=1e-5)
-    with torch.no_grad():  # a 3-step model barely uses its (zero-initialised) attention output: perturb it
+    with torch.no_grad():  # a 3-step model barely uses its zero-initialised output layers: perturb them
         gen = torch.Generator().manual_seed(0)
         for name, p in g.model.unet.named_parameters():
-            if "attn2" in name or "proj_out" in name:
+            if "attn2" in name or "proj_out" in name or "class_embedding" in name or name.startswith("out."):
                 p.add_(0.2 * torch.randn(p.shape, generator=gen))
     _, z_c = g.sample([PROMPT, OTHER], [3, 4], guidance=None)
     _, z_cfg = g.sample([PROMPT, OTHER], [3, 4], guidance=3.0)
@@ -196,3 +203,20 @@ def test_explain_writes_a_map_per_token(trained, tmp_path):
     assert m.shape == TINY.shape and np.isfinite(m).all() and m.max() > 0
     vol = np.asarray(nib.load(str(tmp_path / "explain" / "volume.nii.gz")).dataobj)
     np.testing.assert_allclose(vol, g.generate([Prompt(PROMPT)], seed=5).volumes[0, 0], atol=1e-5)
+
+
+def test_v_model_eps_is_the_converted_network_output(trained):
+    """Samplers see eps: a v-prediction model's eps() = sqrt(a) v + sqrt(1 - a) x_t."""
+    from generators.common.networks import v_to_eps
+
+    model = _generator(trained).model
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn((2, *model.padded_latent_shape), generator=g)
+    ctx = model.conditioner.null(2)
+    t = torch.tensor([3, 900])
+    with torch.no_grad():
+        v = model.net(x, t, ctx)
+        eps = model.eps(x, t, ctx)
+    a = model.alphas_cumprod[t].view(-1, 1, 1, 1, 1)
+    torch.testing.assert_close(eps, a.sqrt() * v + (1 - a).sqrt() * x)
+    torch.testing.assert_close(eps, v_to_eps(v, x, t, model.alphas_cumprod))

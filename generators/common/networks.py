@@ -65,6 +65,12 @@ def make_scheduler(config: Any):
                          beta_start=s.beta_start, beta_end=s.beta_end, clip_sample=False)
 
 
+def v_to_eps(v: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """eps = sqrt(a_t) v + sqrt(1 - a_t) x_t (inverse of v = sqrt(a) eps - sqrt(1 - a) x0)."""
+    a = alphas_cumprod.to(x_t.device, torch.float64)[t].to(x_t.dtype).view(-1, *([1] * (x_t.ndim - 1)))
+    return a.sqrt() * v + (1.0 - a).sqrt() * x_t
+
+
 class LatentDiffusionModule(nn.Module):
     """Base of the latent diffusion models: latent shapes, padding, scaled encode/decode, parameter counts.
 

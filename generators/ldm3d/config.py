@@ -140,9 +140,13 @@ class DiffusionTraining:
         warmup_steps: linear learning-rate warm-up.
         ema_decay: decay of the exponential moving average of the weights (the EMA weights ship).
         max_minutes: wall-time budget of the stage (0 = unlimited).
-        snr_gamma: Min-SNR-gamma loss weighting (Hang et al. 2023), ``min(SNR, gamma) / SNR`` per sample
-            for the epsilon loss; it stops the high-SNR (nearly clean) timesteps from dominating and
-            converges several times faster. 0 = plain MSE.
+        snr_gamma: Min-SNR-gamma loss weighting (Hang et al. 2023): per sample ``min(SNR, gamma) / SNR``
+            for an epsilon target, ``min(SNR, gamma) / (SNR + 1)`` for a v target; it stops the high-SNR
+            (nearly clean) timesteps from dominating and converges several times faster. 0 = plain MSE.
+        latents: what the UNet learns to generate: ``"sample"`` (a posterior sample ``mu + sigma * e`` per
+            step, as in Rombach et al.) or ``"mean"`` (the posterior mean). With a tiny KL weight the
+            posterior noise carries no image information (the decoder was trained to ignore it), so
+            ``"mean"`` spares the UNet modelling it; the latent scale is then 1 / std of the means.
     """
 
     steps: int = 6000
@@ -152,6 +156,7 @@ class DiffusionTraining:
     ema_decay: float = 0.999
     max_minutes: float = 45.0
     snr_gamma: float = 0.0
+    latents: str = "sample"
 
 
 @dataclass
@@ -182,6 +187,10 @@ class Ldm3dConfig(LatentDiffusionConfig):
     Attributes:
         name: a label for the checkpoint.
         grid: grid name ("3mm", ...) the model is trained on.
+        prediction: the UNet's target, ``"eps"`` (the noise, Ho et al. 2020) or ``"v"``
+            (``sqrt(a) eps - sqrt(1 - a) x0``, Salimans & Ho 2022). With the scaled-linear schedule the
+            terminal SNR is ~2e-4, so an eps-model's estimate of the clean latent at the first sampling
+            steps divides its error by sqrt(a) ~ 0.015; a v-model's does not.
         autoencoder: :class:`AutoencoderConfig`.
         unet: :class:`UNetConfig`.
         conditioning: :class:`ConditioningConfig`.
@@ -191,6 +200,7 @@ class Ldm3dConfig(LatentDiffusionConfig):
 
     name: str = "ldm3d"
     grid: str = "3mm"
+    prediction: str = "eps"
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     unet: UNetConfig = field(default_factory=UNetConfig)
     conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)
@@ -208,6 +218,11 @@ class Ldm3dConfig(LatentDiffusionConfig):
         """Raise :class:`ConfigError` naming the first invalid value (see
         :meth:`~generators.common.config.LatentDiffusionConfig.validate_sections`)."""
         self.validate_sections(source)
+        if self.prediction not in ("eps", "v"):
+            raise ConfigError(f"{source}: prediction={self.prediction!r}; use 'eps' or 'v'")
+        if self.training.diffusion.latents not in ("sample", "mean"):
+            raise ConfigError(f"{source}: training.diffusion.latents={self.training.diffusion.latents!r}; "
+                              "use 'sample' or 'mean'")
 
 
 def load_config(path: str | Path) -> Ldm3dConfig:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from generators.common.networks import LatentDiffusionModule, build_autoencoder, build_unet, make_scheduler
+from generators.common.networks import LatentDiffusionModule, build_autoencoder, build_unet, make_scheduler, v_to_eps
 from generators.ldm3d.conditioning import N_ATTR, Conditioner, attribute_features, get_caption_parser
 from generators.ldm3d.config import Ldm3dConfig
 
@@ -63,12 +63,27 @@ class Ldm3d(LatentDiffusionModule):
         self.register_buffer("latent_scale", torch.ones(()))
 
     # ------------------------------------------------------------------ diffusion
-    def eps(self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """Predicted noise of ``x_t`` at timesteps ``t`` given contexts (B, L, context_dim)."""
+    def net(self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """The UNet's raw output (eps or v, as ``config.prediction`` says) for ``x_t`` at timesteps ``t``
+        given contexts (B, L, context_dim)."""
         if self.config.unet.global_conditioning:
             pooled = context[:, -N_ATTR:, :].flatten(1)  # the attribute tokens (null context when dropped)
             return self.unet(x_t, timesteps=t, context=context, class_labels=pooled)
         return self.unet(x_t, timesteps=t, context=context)
+
+    def eps(self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Predicted noise of ``x_t`` (what the samplers use); a v-prediction is converted."""
+        out = self.net(x_t, t, context)
+        if self.config.prediction == "v":
+            out = v_to_eps(out, x_t, t, self.alphas_cumprod)
+        return out
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        """The training schedule's cumulative alphas (computed once from the config)."""
+        if getattr(self, "_alphas_cumprod", None) is None:
+            self._alphas_cumprod = make_scheduler(self.config).alphas_cumprod.clone()
+        return self._alphas_cumprod
 
 
 def build_model(config: Ldm3dConfig, grid_shape: Sequence[int], text_dim: int = 384) -> Ldm3d:

@@ -153,7 +153,9 @@ class Trainer:
         ae_state = self._load_autoencoder()
         cache = self.latent_cache(int(ae_state["step"]))
         model = self.model
-        model.latent_scale.fill_(cache["scale"])
+        use_mean = dcfg.latents == "mean"
+        scale = 1.0 / float(cache["mu"].std()) if use_mean else float(cache["scale"])
+        model.latent_scale.fill_(scale)
         model.conditioner.set_stats({k: (m, s) for k, m, s in cache["stats"]})
         params = list(model.unet.parameters()) + list(model.conditioner.parameters())
         opt = torch.optim.AdamW(params, lr=dcfg.lr, weight_decay=0.0)
@@ -169,7 +171,7 @@ class Trainer:
         if resume and state_path.exists():
             step, elapsed, history = restore_diffusion_state(load_state(state_path), model, ema_modules, opt)
             logger.info("resumed diffusion at step %d (%.1f min)", step, elapsed / 60)
-        mu, sigma, scale = cache["mu"], cache["sigma"], float(cache["scale"])
+        mu, sigma = cache["mu"], cache["sigma"]
         tokens, mask, attrs = cache["tokens"], cache["mask"], cache["attrs"]
         n = mu.shape[0]
         T = self.config.scheduler.num_train_timesteps
@@ -187,10 +189,10 @@ class Trainer:
                                               ae_step=int(ae_state["step"])), state_path)
             write_curve(history, ["step", "time_s", "loss"], self.out / "loss_diffusion", "latent diffusion (MSE)")
             if step > 0:
-                self.export(ema_modules, cache, ae_info, {
+                self.export(ema_modules, cache, ae_info, scale, {
                     "steps": step, "minutes": round(minutes, 2), "batch_size": dcfg.batch_size,
-                    "final_loss": recent_mean(history, 2, 200),
-                    "done": done})
+                    "final_loss": recent_mean(history, 2, 200), "prediction": self.config.prediction,
+                    "latents": dcfg.latents, "snr_gamma": dcfg.snr_gamma, "done": done})
             last_ckpt = time.monotonic()
 
         model.unet.train()
@@ -201,21 +203,24 @@ class Trainer:
                 rng, g = step_rng(cfg.seed, 2, step)
                 idx = torch.from_numpy(rng.choice(n, size=min(dcfg.batch_size, n), replace=n < dcfg.batch_size))
                 b = len(idx)
-                z = (mu[idx] + sigma[idx] * torch.randn(mu[idx].shape, generator=g)) * scale
+                e = torch.randn(mu[idx].shape, generator=g)  # drawn in both modes: same RNG stream
+                z = (mu[idx] if use_mean else mu[idx] + sigma[idx] * e) * scale
                 z = model.pad(z)
                 noise = torch.randn(z.shape, generator=g)
                 t = torch.randint(0, T, (b,), generator=g)
                 drop = torch.rand(b, generator=g) < p_drop
                 x_t = self.scheduler.add_noise(z, noise, t)
                 ctx = model.conditioner(tokens[idx].float(), mask[idx], attrs[idx], drop)
-                pred = model.eps(x_t, t, ctx)
-                if dcfg.snr_gamma > 0:  # Min-SNR-gamma weighting for epsilon prediction
+                pred = model.net(x_t, t, ctx)
+                v_target = self.config.prediction == "v"
+                target = self.scheduler.get_velocity(z, noise, t) if v_target else noise
+                if dcfg.snr_gamma > 0:  # Min-SNR-gamma weighting (Hang et al. 2023)
                     ac = self.scheduler.alphas_cumprod[t]
                     snr = ac / (1 - ac)
-                    w = torch.clamp(snr, max=dcfg.snr_gamma) / snr
-                    loss = (w * (pred - noise).pow(2).mean(dim=(1, 2, 3, 4))).mean()
+                    w = torch.clamp(snr, max=dcfg.snr_gamma) / (snr + 1 if v_target else snr)
+                    loss = (w * (pred - target).pow(2).mean(dim=(1, 2, 3, 4))).mean()
                 else:
-                    loss = F.mse_loss(pred, noise)
+                    loss = F.mse_loss(pred, target)
                 step = diffusion_update(opt, loss, params, step, dcfg, cfg.grad_clip, ema_modules, live)
                 history.append([step, round(elapsed0 + time.monotonic() - t_start, 2), float(loss.detach())])
                 bar.update(1)
@@ -232,10 +237,10 @@ class Trainer:
                 "final_loss": recent_mean(history, 2, 200)}
 
     # -------------------------------------------------------------- export
-    def export(self, ema_modules: dict, cache: dict, ae_info: dict, diff_info: dict) -> Path:
+    def export(self, ema_modules: dict, cache: dict, ae_info: dict, scale: float, diff_info: dict) -> Path:
         """EMA weights + autoencoder -> ``OUT/ldm3d_last.safetensors`` (and the ``--ship`` copy)."""
         export = export_model(build_model(self.config, self.cohort.grid.shape, int(cache.get("text_dim", 384))),
-                              self.model, ema_modules, cache["scale"])
+                              self.model, ema_modules, scale)
         text = {"model": cache.get("text_model"), "fingerprint": cache.get("text_fingerprint"),
                 "max_tokens": cache.get("max_tokens"), "dim": cache.get("text_dim", 384)}
         meta = checkpoint_meta(self.cohort, len(self.train_subjects), self.config.training.seed, ae_info, diff_info,

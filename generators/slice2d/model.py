@@ -22,7 +22,7 @@ import torch
 
 from generators.common.checkpoint import load_weights, read_checkpoint_metadata, save_checkpoint_file
 from generators.common.config import LatentDiffusionConfig, build, load_yaml
-from generators.common.networks import LatentDiffusionModule, build_autoencoder, build_unet, make_scheduler
+from generators.common.networks import LatentDiffusionModule, build_autoencoder, build_unet, make_scheduler, v_to_eps
 from generators.ldm3d.conditioning import Conditioner
 from generators.ldm3d.config import (AutoencoderConfig, ConditioningConfig, SchedulerConfig, TrainingConfig,
                                      UNetConfig)
@@ -141,12 +141,6 @@ class Slice2d(LatentDiffusionModule):
     def eps(self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor, slice_index: torch.Tensor) -> torch.Tensor:
         """The UNet's output: eps or v, as ``config.prediction`` says (see :class:`SliceEps`)."""
         return self.unet(x_t, timesteps=t, context=context, class_labels=slice_index)
-
-
-def v_to_eps(v: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """eps = sqrt(a_t) v + sqrt(1 - a_t) x_t (inverse of v = sqrt(a) eps - sqrt(1 - a) x0)."""
-    a = alphas_cumprod.to(x_t.device, torch.float64)[t].to(x_t.dtype).view(-1, *([1] * (x_t.ndim - 1)))
-    return a.sqrt() * v + (1.0 - a).sqrt() * x_t
 
 
 class SliceEps:
