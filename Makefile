@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 SUITE  ?= full
-GENERATOR ?= retrieval
+GENERATOR ?= ldm3d
 STAMP  := $(VENV)/.installed
 
 .PHONY: install run test bench clean browser
