@@ -61,7 +61,8 @@ def ordinal(n: int) -> str:
 
 
 # ------------------------------------------------------------------------------------ make
-def _who(age: float | None, sex: str | None) -> str:
+def who(age: float | None, sex: str | None) -> str:
+    """"an 80-year-old woman", "a 34-year-old man", "a subject" (the subject phrase of captions)."""
     noun = {"F": "woman", "M": "man"}.get((sex or "").upper(), "subject")
     if age is None:
         return f"a {noun}"
@@ -93,7 +94,7 @@ def make_caption(subject: Subject) -> str:
     if subject.synthetic:
         parts.append("Synthetic phantom.")
     modality = MODALITY_WORDS.get(subject.modality, subject.modality)
-    parts.append(f"{modality} brain MRI of {_who(subject.age, subject.sex)}.")
+    parts.append(f"{modality} brain MRI of {who(subject.age, subject.sex)}.")
     regional = [k for k in REGIONAL if k in subject.volumes]
     tissue = [k for k in TISSUE if k in subject.volumes]
     clauses = []

@@ -126,6 +126,18 @@ class LatentDiffusionModule(nn.Module):
         """Scaled (unpadded) latents -> images (B, 1, *spatial), unclipped."""
         return self.autoencoder.decode(z / self.latent_scale)
 
+    # ------------------------------------------------------------------ diffusion
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        """The training schedule's cumulative alphas (computed once from the config)."""
+        if getattr(self, "_alphas_cumprod", None) is None:
+            self._alphas_cumprod = make_scheduler(self.config).alphas_cumprod.clone()
+        return self._alphas_cumprod
+
+    def to_eps(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The UNet output as predicted noise: a v-prediction (``config.prediction == "v"``) is converted."""
+        return v_to_eps(out, x_t, t, self.alphas_cumprod) if self.config.prediction == "v" else out
+
     def param_counts(self) -> dict[str, int]:
         """Parameters of the autoencoder, UNet, conditioner and in total."""
         return {"autoencoder": sum(p.numel() for p in self.autoencoder.parameters()),

@@ -18,22 +18,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bench.data.captions import MODALITY_WORDS, who
 from bench.data.subject import MODALITIES
 
-MODALITY_WORDS = {"T1": "T1-weighted", "T2": "T2-weighted", "PD": "proton-density-weighted", "FLAIR": "FLAIR"}
 # (age, sex) of the probe subjects; the other volumes are the phantom's median subject.
-PROBE_SUBJECTS = ((34, "woman"), (71, "man"), (52, "man"), (63, "woman"), (45, "woman"), (80, "man"))
+PROBE_SUBJECTS = ((34, "F"), (71, "M"), (52, "M"), (63, "F"), (45, "F"), (80, "M"))
 VENTRICLES = {"small": (20.5, "10th"), "large": (39.5, "90th")}  # phantom train split 10th / 90th percentile
-
-
-def _article(age: int) -> str:
-    return "an" if str(age).startswith("8") or age in (11, 18) else "a"
 
 
 def probe_caption(modality: str, age: int, sex: str, ventricles: str) -> str:
     """One probe caption (phantom grammar) with lateral ventricles ``"small"`` or ``"large"``."""
     ml, pct = VENTRICLES[ventricles]
-    return (f"Synthetic phantom. {MODALITY_WORDS[modality]} brain MRI of {_article(age)} {age}-year-old {sex}. "
+    return (f"Synthetic phantom. {MODALITY_WORDS[modality]} brain MRI of {who(age, sex)}. "
             f"Lateral ventricles {ml} mL ({pct} percentile), third ventricle 1.5 mL (50th percentile), "
             "fourth ventricle 3.0 mL (50th percentile), left hippocampus 3.6 mL (50th percentile), "
             "right hippocampus 3.8 mL (50th percentile), thalamus 17.5 mL (50th percentile), "

@@ -17,7 +17,7 @@ import torch
 
 from generators.base import GenerationOutput, GeneratorContext, Prompt, seed_for
 from generators.ldm3d.checkpoint import SHIPPED, CheckpointError, load_checkpoint
-from generators.ldm3d.model import CaptionEncoder, make_scheduler
+from generators.ldm3d.model import CaptionEncoder
 from generators.ldm3d.sampling import SCHEDULERS, sample_latents
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class Ldm3dGenerator:
                 f"{self.checkpoint_path}: trained on grid {self.meta.get('cohort', {}).get('grid', {}).get('name', '?')} "
                 f"{tuple(self.model.grid_shape)}, but the suite grid is {context.grid.name} {grid_shape}; use a suite "
                 "on the checkpoint's grid or train a checkpoint for this grid (python -m generators.ldm3d.train --grid ...)")
-        self.alphas_cumprod = make_scheduler(self.model.config).alphas_cumprod.clone()
+        self.alphas_cumprod = self.model.alphas_cumprod
         self.captions = CaptionEncoder(self.model.config, self.model.conditioner.stats(), self.device)
         stored_parser = self.meta.get("caption_parser")
         if stored_parser and stored_parser != self.captions.parser_name:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from generators.common.networks import LatentDiffusionModule, build_autoencoder, build_unet, make_scheduler, v_to_eps
+from generators.common.networks import LatentDiffusionModule, build_autoencoder, build_unet, make_scheduler
 from generators.ldm3d.conditioning import N_ATTR, Conditioner, attribute_features, get_caption_parser
 from generators.ldm3d.config import Ldm3dConfig
 
@@ -73,17 +73,7 @@ class Ldm3d(LatentDiffusionModule):
 
     def eps(self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """Predicted noise of ``x_t`` (what the samplers use); a v-prediction is converted."""
-        out = self.net(x_t, t, context)
-        if self.config.prediction == "v":
-            out = v_to_eps(out, x_t, t, self.alphas_cumprod)
-        return out
-
-    @property
-    def alphas_cumprod(self) -> torch.Tensor:
-        """The training schedule's cumulative alphas (computed once from the config)."""
-        if getattr(self, "_alphas_cumprod", None) is None:
-            self._alphas_cumprod = make_scheduler(self.config).alphas_cumprod.clone()
-        return self._alphas_cumprod
+        return self.to_eps(self.net(x_t, t, context), x_t, t)
 
 
 def build_model(config: Ldm3dConfig, grid_shape: Sequence[int], text_dim: int = 384) -> Ldm3d:

@@ -17,7 +17,7 @@ import torch
 
 from generators.base import GenerationOutput, GeneratorContext, Prompt, seed_for
 from generators.ldm3d.sampling import SCHEDULERS, sample_latents
-from generators.slice2d.model import SHIPPED, Slice2dError, SliceEps, load_checkpoint, make_scheduler
+from generators.slice2d.model import SHIPPED, Slice2dError, SliceEps, load_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class Slice2dGenerator:
             raise Slice2dError(f"{checkpoint}: trained on grid {tuple(self.model.grid_shape)} but the suite grid is "
                                f"{context.grid.name} {tuple(context.grid.shape)}; use a suite on the checkpoint's grid "
                                "or train one (python -m generators.slice2d.train --grid ...)")
-        self.alphas_cumprod = make_scheduler(self.model.config).alphas_cumprod.clone()
+        self.alphas_cumprod = self.model.alphas_cumprod
         from generators.ldm3d.conditioning import attribute_features, get_caption_parser
         from generators.text import get_text_encoder
 
@@ -85,7 +85,7 @@ class Slice2dGenerator:
         shape = self.model.padded_latent_shape
         noise = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(self.device)
         labels = torch.arange(S, device=self.device).repeat(len(texts))
-        z = sample_latents(SliceEps(self.model, labels, self.alphas_cumprod), noise, ctx, alphas_cumprod=self.alphas_cumprod,
+        z = sample_latents(SliceEps(self.model, labels), noise, ctx, alphas_cumprod=self.alphas_cumprod,
                            steps=self.steps, scheduler=self.scheduler_name,
                            guidance=None if self.guidance == 1.0 else self.guidance, generators=gens)
         x = self.model.decode(self.model.crop(z)).clamp_(0.0, 1.0)

@@ -148,18 +148,12 @@ class SliceEps:
     indices bound (tiled when classifier-free guidance doubles the batch) and v-predictions converted
     to eps."""
 
-    def __init__(self, model: Slice2d, slice_index: torch.Tensor, alphas_cumprod: torch.Tensor | None = None):
+    def __init__(self, model: Slice2d, slice_index: torch.Tensor):
         self.model, self.slice_index, self.conditioner = model, slice_index, model.conditioner
-        if model.config.prediction == "v" and alphas_cumprod is None:
-            raise ValueError("a v-prediction slice2d model needs alphas_cumprod to convert v to eps")
-        self.alphas_cumprod = alphas_cumprod
 
     def eps(self, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
         reps = x.shape[0] // self.slice_index.shape[0]
-        out = self.model.eps(x, t, ctx, self.slice_index.repeat(reps))
-        if self.model.config.prediction == "v":
-            out = v_to_eps(out, x, t, self.alphas_cumprod)  # type: ignore[arg-type]
-        return out
+        return self.model.to_eps(self.model.eps(x, t, ctx, self.slice_index.repeat(reps)), x, t)
 
 
 # ---------------------------------------------------------------------------------- checkpoints
