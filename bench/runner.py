@@ -11,6 +11,15 @@ Stages (each resumable; a run killed half-way keeps what it finished):
 5. metrics — each saved to ``<run>/metrics/<key>.json`` as soon as it is done;
 6. record — ``<run>/record.json``.
 
+Streaming: no stage holds a whole volume set. Generated volumes stay in their shard files and real
+volumes in the cohort folder; the metrics see them as :class:`~metrics.volumes.VolumeSet` objects
+read a shard at a time, so peak memory grows with ``SHARD``, not with the number of prompts.
+
+Execution: generation shards, feature extraction per (extractor, set, shard) and per-volume metric
+functions per shard are tasks run by an executor (:mod:`bench.executors`: this process, or a Ray
+cluster with ``--executor ray``). The shard partition is fixed here, so the numbers are identical
+whichever executor ran them, and a run interrupted under one executor resumes under the other.
+
 The run folder name is ``<suite>-<generator>-<hash>``, the hash covering everything that changes the
 numbers, so re-running the same command resumes (or returns) the same run.
 """
@@ -37,7 +46,9 @@ from bench.data.subject import Cohort, Subject
 from bench.records import SCHEMA_VERSION, environment
 from bench.suite import Suite, load_suite
 from generators.base import GenerationOutput, GeneratorContext, Prompt, seed_for
+from bench.executors import make_executor
 from metrics.base import EvalSets, MetricResult
+from metrics.volumes import CohortVolumes, NpzShards
 
 log = logging.getLogger("braingenbench.runner")
 
@@ -59,6 +70,8 @@ class RunConfig:
     device: str = "auto"
     resume: bool = True
     quiet: bool = False
+    executor: str = "local"
+    ray_address: str | None = None
 
 
 def resolve_device(device: str) -> str:
@@ -125,8 +138,10 @@ def match_floor(reference: list[Subject], pool: list[Subject], seed: int) -> lis
 
 
 # ---------------------------------------------------------------------------------------- building
-def build_generator(name: str, raw_args: dict, ctx: GeneratorContext):
-    cls = registry.generators.get(name)
+def build_generator(name: str, raw_args: dict, ctx: GeneratorContext, cls: type | None = None):
+    """``(generator, bound args)``; ``cls`` (default: the registry's entry) lets a worker build a
+    generator the driver registered at run time."""
+    cls = cls or registry.generators.get(name)
     args = bind_args(cls, raw_args, f"generator {name!r}")
     return cls(ctx, **args), args
 
@@ -179,6 +194,87 @@ class ExtractorPool:
 
     def unused_args(self) -> set[str]:
         return set(self.extractor_args) - self._used_args
+
+    def spec(self) -> tuple:
+        """What a worker needs to build an identical pool (picklable)."""
+        return (self.device, self.extractor_args, self.grid.name,
+                None if self.brain_mask is None else np.packbits(self.brain_mask),
+                None if self.brain_mask is None else self.brain_mask.shape, str(self.cache.root))
+
+
+# Per-process caches of what tasks build (a generator, an extractor pool): a worker process builds each
+# once and reuses it for every task it runs; the local executor finds the driver's own objects here.
+_WORKER_OBJECTS: dict[str, Any] = {}
+
+
+def _pool_key(spec: tuple) -> list:
+    return [spec[0], spec[1], spec[2], None if spec[3] is None else spec[3].tolist(), spec[4], spec[5]]
+
+
+def _worker_pool(spec: tuple) -> ExtractorPool:
+    key = "pool:" + hash_obj(_pool_key(spec))
+    if key not in _WORKER_OBJECTS:
+        from bench.data.grid import get_grid
+
+        device, extractor_args, grid_name, packed, mask_shape, cache_root = spec
+        mask = None if packed is None else np.unpackbits(packed)[:int(np.prod(mask_shape))].reshape(mask_shape).astype(bool)
+        _WORKER_OBJECTS[key] = ExtractorPool(resolve_device(device), extractor_args, FeatureCache(Path(cache_root)),
+                                             get_grid(grid_name), mask)
+    return _WORKER_OBJECTS[key]
+
+
+class FeatureShardTask:
+    """Features of one shard of a volume set (a picklable task of the shard index)."""
+
+    def __init__(self, pool_spec: tuple, extractor: str, volumes):
+        self.pool_spec, self.extractor, self.volumes = pool_spec, extractor, volumes
+
+    def __call__(self, k: int) -> np.ndarray:
+        return _worker_pool(self.pool_spec).features(self.extractor, self.volumes.shard(k))
+
+
+class GeneratorSpec:
+    """What a worker needs to build the run's generator: (name, args, cohort, grid, device)."""
+
+    def __init__(self, name: str, args: dict, reference: str, reference_args: dict, grid: str, device: str):
+        self.name, self.args, self.reference, self.reference_args = name, dict(args), reference, dict(reference_args)
+        self.grid, self.device = grid, device
+        self.cls = registry.generators.get(name)  # pickled by reference: plugins and run-time registrations work
+
+    @property
+    def key(self) -> str:
+        return "generator:" + hash_obj([self.name, self.args, self.reference, self.reference_args, self.grid,
+                                        self.device])
+
+    def build(self):
+        if self.key not in _WORKER_OBJECTS:
+            from bench.data.grid import get_grid
+
+            grid = get_grid(self.grid)
+            cohort = resolve_cohort(self.reference, grid, self.reference_args, quiet=True)
+            ctx = GeneratorContext(cohort=cohort, grid=grid, device=resolve_device(self.device),
+                                   cache_dir=_home_cache("generators"), quiet=True)
+            _WORKER_OBJECTS[self.key] = build_generator(self.name, self.args, ctx, self.cls)[0]
+        return _WORKER_OBJECTS[self.key]
+
+
+class GenerateShardTask:
+    """Generate one shard of prompts and save it (a picklable task of ``(index, prompts, seed, path)``)."""
+
+    def __init__(self, spec: GeneratorSpec, grid_shape: tuple[int, ...]):
+        self.spec, self.grid_shape = spec, tuple(grid_shape)
+
+    def __call__(self, item: tuple[int, list[Prompt], int, str]) -> str:
+        k, chunk, shard_seed, path = item
+        generator = self.spec.build()
+        res: GenerationOutput = generator.generate(chunk, seed=shard_seed)
+        res.validate(len(chunk), self.grid_shape, getattr(generator, "name", "?"))
+        arrays = {"volumes": np.asarray(res.volumes, dtype=np.float32),
+                  "subject_ids": np.array([p.subject_id or "" for p in chunk])}
+        if res.latents is not None:
+            arrays["latents"] = np.asarray(res.latents)
+        atomic_save_npz(Path(path), **arrays)
+        return path
 
 
 # -------------------------------------------------------------------------------------------- run
@@ -243,38 +339,59 @@ def run(cfg: RunConfig) -> Path:
                                                  for p, f in zip(prompts, floor_subjects)])
     timings["prompts"] = time.perf_counter() - t
 
-    # ---- generation, shard by shard
+    # ---- generation, shard by shard (tasks on the executor; finished shards are kept)
+    executor = make_executor(cfg.executor, ray_address=cfg.ray_address)
+    try:
+        return _evaluate(cfg, suite, cohort, generator, gen_args, metrics, run_id, run_dir, prompts, ref_subjects,
+                         floor_subjects, seed, device, reference, executor, timings, t_start)
+    finally:
+        executor.close()
+
+
+def _evaluate(cfg: RunConfig, suite: Suite, cohort: Cohort, generator, gen_args: dict, metrics: list, run_id: str,
+              run_dir: Path, prompts: list[Prompt], ref_subjects: list[Subject], floor_subjects: list[Subject],
+              seed: int, device: str, reference: str, executor, timings: dict, t_start: float) -> Path:
     t = time.perf_counter()
-    generated = generate_shards(generator, prompts, seed, suite.grid, run_dir / "samples", cfg.quiet)
+    spec = GeneratorSpec(registry.generators.canonical(cfg.generator), gen_args, reference,
+                         suite.reference_args if cfg.reference is None else {}, suite.grid.name, cfg.device)
+    _WORKER_OBJECTS[spec.key] = generator  # the local executor reuses the generator built above
+    generated = generate_shards(executor, spec, prompts, seed, suite.grid, run_dir / "samples", cfg.quiet)
     timings["generate"] = time.perf_counter() - t
 
-    # ---- evaluation data
+    # ---- evaluation data: volume sets read shard by shard, never all at once
     t = time.perf_counter()
-    reference_vols = cohort.load_volumes(ref_subjects)
-    floor_vols = cohort.load_volumes(floor_subjects)
+    reference_vols = CohortVolumes(cohort, ref_subjects, SHARD)
+    floor_vols = CohortVolumes(cohort, floor_subjects, SHARD)
     needs_train = any(getattr(m, "requires_train", False) for _, m in metrics)
     train_subjects = cohort.split("train") if needs_train else []
-    train_vols = cohort.load_volumes(train_subjects) if needs_train else None
+    train_vols = CohortVolumes(cohort, train_subjects, SHARD) if needs_train else None
     extra: dict[str, Any] = {"cohort_hash": cohort.content_hash}
     if needs_train:
         extra["train_attributes"] = [s.attributes() for s in train_subjects]
     if any(getattr(m, "requires_atlas", False) for _, m in metrics):
         extra["atlas"] = atlas_on_grid(suite.grid)
-    if all(s.labels is not None for s in ref_subjects + floor_subjects):
-        extra["reference_labels"] = np.stack([cohort.load_labels(s) for s in ref_subjects])
-        extra["floor_labels"] = np.stack([cohort.load_labels(s) for s in floor_subjects])
+    if all(s.labels is not None for s in ref_subjects):
+        from metrics.functional.histogram import consensus_labels
+
+        extra["tissue_consensus"] = consensus_labels(cohort.load_labels(s) for s in ref_subjects)
     brain_mask = cohort.brain_mask()
     pool = ExtractorPool(device, cfg.extractor_args, FeatureCache(), suite.grid, brain_mask)
-    arrays = {"generated": generated, "reference": reference_vols, "floor": floor_vols, "train": train_vols}
+    # workers resolve the requested device themselves (a GPU worker under a CPU-only driver uses its GPU)
+    pool_spec = (cfg.device, *pool.spec()[1:])
+    _WORKER_OBJECTS["pool:" + hash_obj(_pool_key(pool_spec))] = pool  # the local executor reuses this pool
+    volume_sets = {"generated": generated, "reference": reference_vols, "floor": floor_vols, "train": train_vols}
     memo: dict[tuple[str, str], np.ndarray] = {}
 
     def features(extractor: str, which: str) -> np.ndarray:
-        if arrays.get(which) is None:
-            raise KeyError(f"no volume set {which!r} (have: {[k for k, v in arrays.items() if v is not None]})")
+        if volume_sets.get(which) is None:
+            raise KeyError(f"no volume set {which!r} (have: {[k for k, v in volume_sets.items() if v is not None]})")
         k = (registry.extractors.canonical(extractor), which)
         if k not in memo:
             t0 = time.perf_counter()
-            memo[k] = pool.features(extractor, arrays[which])
+            vs = volume_sets[which]
+            parts = executor.map(FeatureShardTask(pool_spec, extractor, vs), list(range(vs.n_shards)),
+                                 desc=f"{k[0]} features of {which}", gpu=True)
+            memo[k] = np.concatenate(parts) if parts else np.zeros((0, 0))
             timings["features"] = timings.get("features", 0.0) + time.perf_counter() - t0
             if which != "train":  # kept with the run: `compare` bootstraps paired differences from them
                 atomic_save_npy(run_dir / "features" / k[0] / f"{which}.npy", memo[k])
@@ -283,7 +400,7 @@ def run(cfg: RunConfig) -> Path:
     sets = EvalSets(generated=generated, reference=reference_vols, floor=floor_vols,
                     brain_mask=brain_mask, features=features, train=train_vols,
                     attributes=[p.attributes for p in prompts], voxel_size=suite.grid.voxel_size, extra=extra,
-                    feature_names=pool.feature_names)
+                    feature_names=pool.feature_names, shard_mapper=executor.shard_mapper())
     timings["load"] = time.perf_counter() - t
 
     # ---- metrics, each saved when done
@@ -321,6 +438,7 @@ def run(cfg: RunConfig) -> Path:
         "seed": seed,
         "limit": cfg.limit,
         "device": device,
+        "executor": executor.info(),
         "environment": environment(),
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "extractors": {e: pool.fingerprint(e) for e in extractor_names},
@@ -362,33 +480,29 @@ def compute_metric(spec, metric, sets: EvalSets, seed: int) -> dict[str, dict]:
     return res
 
 
-def generate_shards(generator, prompts: list[Prompt], seed: int, grid: Grid, folder: Path,
-                    quiet: bool = False) -> np.ndarray:
-    from tqdm.auto import tqdm
-
-    out = np.empty((len(prompts), 1, *grid.shape), dtype=np.float32)
-    starts = list(range(0, len(prompts), SHARD))
-    for start in tqdm(starts, desc="generate", unit="shard", disable=quiet):
+def generate_shards(executor, spec: GeneratorSpec, prompts: list[Prompt], seed: int, grid: Grid, folder: Path,
+                    quiet: bool = False) -> NpzShards:
+    """Generate the missing shards of ``folder`` (``shard_XXXX.npz``, ``SHARD`` prompts each) as tasks
+    on ``executor``; returns the generated set, read from the shard files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths, todo = [], []
+    for start in range(0, len(prompts), SHARD):
         chunk = prompts[start:start + SHARD]
         path = folder / f"shard_{start // SHARD:04d}.npz"
+        paths.append(str(path))
         if path.exists():
             try:
                 with np.load(path) as z:
-                    vols = z["volumes"]
-                if vols.shape == (len(chunk), 1, *grid.shape):
-                    out[start:start + len(chunk)] = vols
-                    continue
-            except (OSError, ValueError, KeyError):
+                    if z["volumes"].shape == (len(chunk), 1, *grid.shape):
+                        continue
+                log.warning("%s has the wrong shape; regenerating that shard", path)
+            except (OSError, ValueError, KeyError, EOFError):
                 log.warning("%s is unreadable; regenerating that shard", path)
-        res: GenerationOutput = generator.generate(chunk, seed=seed_for(seed, start))
-        res.validate(len(chunk), grid.shape, getattr(generator, "name", "?"))
-        arrays = {"volumes": res.volumes,
-                  "subject_ids": np.array([p.subject_id or "" for p in chunk])}
-        if res.latents is not None:
-            arrays["latents"] = np.asarray(res.latents)
-        atomic_save_npz(path, **arrays)
-        out[start:start + len(chunk)] = res.volumes
-    return out
+        todo.append((start // SHARD, chunk, seed_for(seed, start), str(path)))
+    if todo:
+        log.info("generating %d of %d shards", len(todo), len(paths))
+        executor.map(GenerateShardTask(spec, grid.shape), todo, desc="generate", gpu=True)
+    return NpzShards(paths, len(prompts), grid.shape, SHARD)
 
 
 def _home_cache(sub: str) -> Path:

@@ -18,15 +18,27 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
+from metrics.volumes import VolumeSet, as_volume_set, check_aligned, concat_results, map_in_process
+
 log = logging.getLogger("braingenbench.metrics")
+
+SET_NAMES = ("generated", "reference", "floor", "train")
 
 # features(extractor_name, set_name) -> (N, F) array. Set names: "generated", "reference", "floor", "train".
 FeatureFn = Callable[[str, str], np.ndarray]
+# shard_mapper(fn, [VolumeSet, ...]) -> [fn(*shard k of each set) for every shard k], in shard order.
+ShardMapper = Callable[[Callable, list], list]
 
 
 @dataclass
 class EvalSets:
     """The data of one evaluation.
+
+    The volume sets are :class:`~metrics.volumes.VolumeSet` objects (or plain arrays, which are
+    wrapped): the runner never holds N volumes in memory, so a metric reads volumes through
+    :meth:`map` (a function of one shard of one or more aligned sets, results concatenated in
+    order; the runner may run the shards on other processes or machines) or :meth:`take` (a few
+    volumes by index). ``sets.generated[...]``-style whole-array access is not part of the contract.
 
     Attributes:
         generated: (N, 1, D, H, W) generated volumes, prompt order.
@@ -43,23 +55,57 @@ class EvalSets:
         extra: what particular metrics ask the runner for: ``cohort_hash``; ``train_attributes`` (the
             training subjects' true attributes, with ``requires_train``); ``atlas`` (priors on the grid:
             gm, wm, csf, labels, ventricles, voxel_volume_ml, with ``requires_atlas``);
-            ``reference_labels`` / ``floor_labels`` (tissue labels, when the cohort has them).
+            ``tissue_consensus`` (voxel-wise majority of the reference subjects' tissue labels, when
+            the cohort has labels).
+        shard_mapper: runs per-shard functions (default: in this process, in order).
     """
 
-    generated: np.ndarray
-    reference: np.ndarray
-    floor: np.ndarray
+    generated: VolumeSet
+    reference: VolumeSet
+    floor: VolumeSet
     brain_mask: np.ndarray
     features: FeatureFn
-    train: np.ndarray | None = None
+    train: VolumeSet | None = None
     attributes: list[dict] = field(default_factory=list)
     voxel_size: float = 3.0
     extra: dict[str, Any] = field(default_factory=dict)
     feature_names: Callable[[str], list[str] | None] | None = None
+    shard_mapper: ShardMapper = map_in_process
+
+    def __post_init__(self) -> None:
+        for name in SET_NAMES:
+            v = getattr(self, name)
+            if v is not None:
+                setattr(self, name, as_volume_set(v))
 
     @property
     def n(self) -> int:
-        return int(self.generated.shape[0])
+        return len(self.generated)
+
+    def volume_set(self, name: str) -> VolumeSet:
+        """The named set (``generated``, ``reference``, ``floor`` or ``train``)."""
+        if name not in SET_NAMES:
+            raise KeyError(f"no volume set {name!r}; the sets are {SET_NAMES}")
+        v = getattr(self, name)
+        if v is None:
+            raise KeyError(f"volume set {name!r} was not provided (a metric needing it sets requires_train)")
+        return v
+
+    def map(self, fn: Callable, *names: str):
+        """``fn`` applied to aligned shards of the named sets, results concatenated along axis 0.
+
+        ``fn(shard_of_set_1, shard_of_set_2, ...)`` gets float32 ``(n_k, 1, D, H, W)`` arrays and
+        returns an array (or a dict / tuple of arrays) with one row per volume. The runner may run
+        the shards on other processes, so ``fn`` must be picklable (module-level functions,
+        ``functools.partial``; cloudpickle also takes closures) and must not depend on the shard size.
+        """
+        sets = [self.volume_set(n) for n in names]
+        check_aligned(sets)
+        return concat_results(self.shard_mapper(fn, sets))
+
+    def take(self, name: str, indices) -> np.ndarray:
+        """Volumes ``indices`` of the named set, ``(len(indices), 1, D, H, W)`` float32."""
+        return self.volume_set(name).take(indices)
 
 
 @dataclass

@@ -21,8 +21,13 @@ results carry per-sample ``requested`` and ``measured`` arrays for the requested
 Inputs the runner provides (see :class:`~metrics.base.EvalSets`): ``sets.train`` (training volumes),
 ``sets.extra["train_attributes"]`` (their true attributes), ``sets.extra["atlas"]`` (priors on the
 grid: ``gm, wm, csf, ventricles, labels, voxel_volume_ml``) and optionally
-``sets.extra["cohort_hash"]`` (cache key; otherwise the training volumes' bytes are hashed).
-Fitted predictors are cached as JSON under ``$BRAINGENBENCH_HOME/cache/predictors``.
+``sets.extra["cohort_hash"]`` (cache key; otherwise the training volumes' bytes are hashed, one
+sha256 per volume). Fitted predictors are cached as JSON under
+``$BRAINGENBENCH_HOME/cache/predictors``.
+
+The measurements are per volume, so every set (training, generated, reference) is read one shard at
+a time (:meth:`~metrics.base.EvalSets.map` of :func:`~metrics.functional.conformance.measure`);
+the predictors are fitted and applied on the ``(N, len(MEASUREMENTS))`` measurement rows.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import hashlib
 import json
 import os
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
@@ -49,15 +55,21 @@ def predictor_cache_dir() -> Path:
     return home / "cache" / "predictors"
 
 
+def volume_digests(volumes: np.ndarray) -> np.ndarray:
+    """sha256 of each volume's float32 bytes, ``(n, 32)`` uint8 (a per-shard function: it pickles)."""
+    v = np.ascontiguousarray(volumes, dtype=np.float32)
+    return np.array([np.frombuffer(hashlib.sha256(x.tobytes()).digest(), np.uint8) for x in v],
+                    dtype=np.uint8).reshape(len(v), 32)
+
+
 def _hash_training(sets: EvalSets) -> str:
     cohort_hash = sets.extra.get("cohort_hash")
     h = hashlib.sha256()
     if cohort_hash:
         h.update(f"cohort:{cohort_hash}".encode())
-    else:
-        t = np.ascontiguousarray(sets.train)
-        h.update(f"train:{t.dtype}:{t.shape}".encode())
-        h.update(t.tobytes())
+    else:  # content of the training volumes, read shard by shard
+        h.update(f"train-volumes:float32:{sets.train.shape}".encode())
+        h.update(sets.map(volume_digests, "train").tobytes())
     h.update(json.dumps(sets.extra.get("train_attributes"), sort_keys=True, default=str).encode())
     return h.hexdigest()
 
@@ -133,7 +145,7 @@ class Conformance(Metric):
                 return pred, info
             except (OSError, ValueError, KeyError) as e:
                 log.warning("%s: unusable cached predictors (%s); refitting", path, e)
-        meas = measure(sets.train, regions)
+        meas = sets.map(partial(measure, regions=regions), "train")
         pred = ConformancePredictors.fit(meas, attrs, min_per_modality=self.min_per_modality,
                                          meta={"cache_key": key, "cohort_hash": sets.extra.get("cohort_hash")})
         if self.cache:
@@ -155,8 +167,9 @@ class Conformance(Metric):
         pred, info = self.predictors(sets)
         regions = self.regions(sets)
         req = targets_from_attributes(sets.attributes)
-        gen = pred.predict(measure(sets.generated, regions))
-        ref = pred.predict(measure(sets.reference, regions))
+        per_shard = partial(measure, regions=regions)
+        gen = pred.predict(sets.map(per_shard, "generated"))
+        ref = pred.predict(sets.map(per_shard, "reference"))
         common = {"predictor": {**info, "n_train": pred.meta.get("n_train"),
                                 "n_per_modality": pred.meta.get("n_per_modality"),
                                 "modality_train_accuracy": pred.modality.get("train_accuracy")},

@@ -15,9 +15,14 @@ same for the matched real set, ``|mean S(floor) - mean S(reference)|``. Inter-sl
 generators that volumetric models and 2D-to-3D adaptations address (e.g. Zhu et al. 2023,
 "Make-A-Volume", MICCAI); adjacent-slice NCC is the plain measure of it used here. The log-ratio
 makes the statistic insensitive to isotropic noise, which decorrelates every axis alike.
+
+S is per volume, so each set is read one shard at a time (:meth:`~metrics.base.EvalSets.map` of
+:func:`through_plane_statistic`) and only the per-volume S and NCCs are kept.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import numpy as np
 
@@ -106,9 +111,10 @@ class ThroughPlaneConsistency(Metric):
 
     def compute(self, sets: EvalSets, *, seed: int) -> MetricResult:
         mask = np.asarray(sets.brain_mask, bool) if self.in_mask else None
-        s_g, n_g = through_plane_statistic(sets.generated, mask, stack_axis=self.stack_axis)
-        s_r, n_r = through_plane_statistic(sets.reference, mask, stack_axis=self.stack_axis)
-        s_f, n_f = through_plane_statistic(sets.floor, mask, stack_axis=self.stack_axis)
+        per_shard = partial(through_plane_statistic, mask=mask, stack_axis=self.stack_axis)
+        s_g, n_g = sets.map(per_shard, "generated")
+        s_r, n_r = sets.map(per_shard, "reference")
+        s_f, n_f = sets.map(per_shard, "floor")
         warnings = []
         ok_g, ok_r, ok_f = np.isfinite(s_g), np.isfinite(s_r), np.isfinite(s_f)
         if not ok_g.all():

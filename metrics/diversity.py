@@ -9,6 +9,10 @@ Pairs are drawn only between volumes of the same modality when the prompt attrib
 a T1 and a T2 volume of the same anatomy have very different intensities, so mixing modalities
 lowers MS-SSIM and makes a generator look more diverse merely because its prompt set mixes
 modalities.
+
+Volumes are loaded per pair block (:meth:`~metrics.base.EvalSets.take`): the pairs are grouped by
+the shards their two volumes fall in, and a block loads only the volumes of its (at most two)
+shards, so peak memory is a few shards whatever N and the number of pairs.
 """
 
 from __future__ import annotations
@@ -95,14 +99,32 @@ class MSSSIMDiversity(Metric):
             return None
         return [str(m).lower() for m in mods]
 
-    def _pair_values(self, vols: np.ndarray, pairs: np.ndarray):
-        vals, cfg = [], None
-        for s in range(0, pairs.shape[0], 16):     # bounded memory: 16 pairs at a time
-            p = pairs[s:s + 16]
-            v, cfg = ms_ssim3d(vols[p[:, 0]], vols[p[:, 1]], data_range=self.data_range,
-                               scales=self.scales, kernel_size=self.kernel_size)
-            vals.append(v)
-        return np.concatenate(vals), cfg
+    def _pair_values(self, sets: EvalSets, name: str, pairs: np.ndarray):
+        """MS-SSIM of every pair of volumes of set ``name``, in the order of ``pairs``, and the config used.
+
+        Pairs are processed by shard block (the shards of their first and second volume, in this order
+        since ``i < j``); a block loads only its volumes, one shard per :meth:`EvalSets.take`.
+        """
+        shard = sets.volume_set(name).shard_size
+        vals = np.empty(pairs.shape[0], dtype=np.float64)
+        cfg = None
+        blocks = pairs // shard
+        for block in np.unique(blocks, axis=0):
+            sel = np.flatnonzero((blocks == block).all(axis=1))
+            if block[0] == block[1]:                # both volumes in one shard: one load
+                idx = np.unique(pairs[sel])
+                va = vb = sets.take(name, idx)
+                pos_a, pos_b = np.searchsorted(idx, pairs[sel, 0]), np.searchsorted(idx, pairs[sel, 1])
+            else:
+                idx_a, idx_b = np.unique(pairs[sel, 0]), np.unique(pairs[sel, 1])
+                va, vb = sets.take(name, idx_a), sets.take(name, idx_b)
+                pos_a, pos_b = np.searchsorted(idx_a, pairs[sel, 0]), np.searchsorted(idx_b, pairs[sel, 1])
+            for s in range(0, sel.size, 16):        # bounded memory: 16 pairs at a time
+                vals[sel[s:s + 16]], cfg = ms_ssim3d(va[pos_a[s:s + 16]], vb[pos_b[s:s + 16]],
+                                                     data_range=self.data_range, scales=self.scales,
+                                                     kernel_size=self.kernel_size)
+            del va, vb
+        return vals, cfg
 
     def compute(self, sets: EvalSets, *, seed: int) -> MetricResult:
         n = sets.n
@@ -113,8 +135,8 @@ class MSSSIMDiversity(Metric):
         if pairs.shape[0] == 0:
             raise ValueError(f"ms_ssim_diversity: no pair of same-modality volumes among {n} prompts; "
                              "use more prompts per modality or same_modality=False")
-        gen_vals, cfg = self._pair_values(np.asarray(sets.generated), pairs)
-        ref_vals, _ = self._pair_values(np.asarray(sets.reference), pairs)
+        gen_vals, cfg = self._pair_values(sets, "generated", pairs)
+        ref_vals, _ = self._pair_values(sets, "reference", pairs)
         if cfg.reduced and self.scales is None and self.kernel_size is None:
             msg = (f"ms_ssim_diversity: volume shape {cfg.shape} is below the size of the standard 5-scale, "
                    f"11-voxel MS-SSIM; used {cfg.scales} scales, window {cfg.kernel_size}, weights "

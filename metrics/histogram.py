@@ -15,22 +15,31 @@ details. The bootstrap resamples volumes (prompts) within each modality, the sam
 generated and the reference set, and recomputes the distances from the summed per-volume
 histograms.
 
-Tissues: when ``sets.extra["reference_labels"]`` holds tissue label maps (0 background, 1 CSF,
-2 GM, 3 WM by the cohort convention; names from ``sets.extra["tissue_names"]`` if given) the same
-distances are reported per tissue in the details. Per-subject label maps are reduced to one
-voxel-wise majority (consensus) map used for every set: generated volumes have no segmentation of
-their own, and masking the reference with its own labels but the samples with someone else's would
-blur only the samples' tissue histograms and penalise a perfect generator.
+Tissues: when ``sets.extra["tissue_consensus"]`` holds the voxel-wise majority (consensus) of the
+reference subjects' tissue label maps (``(D, H, W)``, 0 background, 1 CSF, 2 GM, 3 WM by the cohort
+convention; names from ``sets.extra["tissue_names"]`` if given) the same distances are reported per
+tissue in the details. The runner builds it with
+:func:`metrics.functional.histogram.consensus_labels`, one subject's labels at a time; stacked
+per-subject maps in ``sets.extra["reference_labels"]`` (``(N, [1,] D, H, W)``) are still accepted
+and reduced the same way. One consensus map masks every set: generated volumes have no
+segmentation of their own, and masking the reference with its own labels but the samples with
+someone else's would blur only the samples' tissue histograms and penalise a perfect generator.
+
+Volumes are read one shard at a time (:meth:`~metrics.base.EvalSets.map`): each shard yields its
+per-volume histograms (brain mask and each tissue), and the distances, the bootstrap and the
+per-modality pooling work on those ``(N, bins)`` counts only.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from functools import partial
 
 import numpy as np
 
 from metrics.base import EvalSets, Metric, MetricResult
-from metrics.functional.histogram import bin_edges, histogram_distances, tissue_masks, volume_histograms
+from metrics.functional.histogram import (bin_edges, consensus_labels, histogram_distances, tissue_masks,
+                                          volume_histograms)
 
 DISTANCES = ("w1", "js", "ks")
 DEFAULT_TISSUE_NAMES = {1: "csf", 2: "gm", 3: "wm"}
@@ -45,6 +54,27 @@ def _modality_groups(sets: EvalSets) -> dict[str, np.ndarray]:
     for i, m in enumerate(mods):
         groups[str(m).lower()].append(i)
     return {k: np.asarray(v) for k, v in sorted(groups.items())}
+
+
+def masked_histograms(volumes: np.ndarray, masks: dict[str, np.ndarray], *, bins: int) -> dict[str, np.ndarray]:
+    """Per-volume histograms of one shard inside each named mask: ``{name: (n, bins)}``.
+
+    The per-shard function of :class:`HistogramDistance` (module level, so it pickles).
+    """
+    return {name: volume_histograms(volumes, m, bins=bins) for name, m in masks.items()}
+
+
+def _tissue_labels(sets: EvalSets) -> np.ndarray | None:
+    """The consensus tissue map: ``extra["tissue_consensus"]``, else the majority of ``extra["reference_labels"]``."""
+    cons = sets.extra.get("tissue_consensus")
+    if cons is not None:
+        cons = np.asarray(cons)
+        if cons.ndim != 3:
+            raise ValueError(f"sets.extra['tissue_consensus'] must be one (D, H, W) label map, got shape {cons.shape}; "
+                             "reduce per-subject maps with metrics.functional.histogram.consensus_labels")
+        return cons
+    labels = sets.extra.get("reference_labels")
+    return None if labels is None else consensus_labels(labels)
 
 
 def _grouped_distances(h_a: np.ndarray, h_b: np.ndarray, groups: dict[str, np.ndarray], edges: np.ndarray
@@ -84,7 +114,14 @@ class HistogramDistance(Metric):
         edges = bin_edges(self.bins)
         mask = np.asarray(sets.brain_mask, dtype=bool)
         groups = _modality_groups(sets)
-        h = {k: volume_histograms(getattr(sets, k), mask, bins=self.bins) for k in ("generated", "reference", "floor")}
+        labels = _tissue_labels(sets) if self.per_tissue else None
+        names = {**DEFAULT_TISSUE_NAMES, **dict(sets.extra.get("tissue_names") or {})}
+        tmasks = tissue_masks(labels, mask, names=names) if labels is not None else {}
+        # one pass over each set: per-volume histograms in the brain mask and in each tissue
+        masks = {"brain": mask, **{f"tissue:{t}": m for t, m in tmasks.items()}}
+        per_shard = partial(masked_histograms, masks=masks, bins=self.bins)
+        hists = {k: sets.map(per_shard, k) for k in ("generated", "reference", "floor")}
+        h = {k: v["brain"] for k, v in hists.items()}
         value, per_mod = _grouped_distances(h["generated"], h["reference"], groups, edges)
         floor, per_mod_floor = _grouped_distances(h["floor"], h["reference"], groups, edges)
 
@@ -102,14 +139,11 @@ class HistogramDistance(Metric):
         # per tissue
         tissue: dict[str, dict[str, dict[str, float]]] = {d: {} for d in DISTANCES}
         tissue_note = None
-        labels = sets.extra.get("reference_labels") if self.per_tissue else None
         if self.per_tissue and labels is None:
-            tissue_note = "per-tissue distances skipped: no sets.extra['reference_labels']"
+            tissue_note = "per-tissue distances skipped: no sets.extra['tissue_consensus'] (or 'reference_labels')"
         elif labels is not None:
-            names = {**DEFAULT_TISSUE_NAMES, **dict(sets.extra.get("tissue_names") or {})}
-            for tname, tmask in tissue_masks(labels, mask, names=names).items():
-                ht = {k: volume_histograms(getattr(sets, k), tmask, bins=self.bins)
-                      for k in ("generated", "reference", "floor")}
+            for tname, tmask in tmasks.items():
+                ht = {k: v[f"tissue:{tname}"] for k, v in hists.items()}
                 tv, _ = _grouped_distances(ht["generated"], ht["reference"], groups, edges)
                 tf, _ = _grouped_distances(ht["floor"], ht["reference"], groups, edges)
                 for d in DISTANCES:

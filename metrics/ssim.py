@@ -4,15 +4,44 @@ SSIM (Wang et al. 2004, IEEE TIP 13(4)) with a Gaussian window (sigma 1.5, 11 vo
 1 (volumes are normalised to ``[0, 1]``), averaged over the valid region (border of 5 voxels
 cropped — the scikit-image/MONAI convention) and, by default, over the brain mask only, so that the
 empty background does not inflate the score.
+
+Volumes are read one shard at a time: :func:`paired_ssim_rows` runs on aligned shards of the
+generated, reference and floor sets (:meth:`~metrics.base.EvalSets.map`) and returns per-volume
+values; the mean and its bootstrap CI are computed from those.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import numpy as np
 
 from metrics.base import EvalSets, Metric, MetricResult, log
 from metrics.functional.bootstrap import mean_ci
 from metrics.functional.ssim import ssim3d
+
+
+def paired_ssim_rows(generated: np.ndarray, reference: np.ndarray, floor: np.ndarray, *, mask: np.ndarray | None,
+                     data_range: float, sigma: float, kernel_size: int) -> dict[str, np.ndarray]:
+    """Per-volume SSIM of one shard: generated vs reference and floor vs reference, plus the
+    generated intensity range.
+
+    Args:
+        generated: ``(n, 1, D, H, W)`` shard of the generated set.
+        reference: the aligned shard of the reference set.
+        floor: the aligned shard of the floor set.
+        mask: ``(D, H, W)`` bool averaging mask, or None for the whole cropped volume.
+        data_range: intensity range of the volumes.
+        sigma: Gaussian window standard deviation (voxels).
+        kernel_size: odd window size (voxels).
+
+    Returns:
+        ``{"ssim", "floor_ssim", "min", "max"}``, each ``(n,)``.
+    """
+    flat = generated.reshape(generated.shape[0], -1)
+    ssim = ssim3d(generated, reference, data_range=data_range, sigma=sigma, kernel_size=kernel_size, mask=mask)
+    floor_ssim = ssim3d(floor, reference, data_range=data_range, sigma=sigma, kernel_size=kernel_size, mask=mask)
+    return {"ssim": ssim, "floor_ssim": floor_ssim, "min": flat.min(axis=1), "max": flat.max(axis=1)}
 
 
 class PairedSSIM(Metric):
@@ -41,24 +70,21 @@ class PairedSSIM(Metric):
                 "data_range": self.data_range, "in_mask": self.in_mask, "border": "cropped (valid region)",
                 "k1": 0.01, "k2": 0.03}
 
-    def _per_sample(self, x: np.ndarray, y: np.ndarray, mask) -> np.ndarray:
-        return ssim3d(x, y, data_range=self.data_range, sigma=self.sigma, kernel_size=self.kernel_size,
-                      mask=mask if self.in_mask else None)
-
     def compute(self, sets: EvalSets, *, seed: int) -> MetricResult:
         if sets.generated.shape != sets.reference.shape:
             raise ValueError(f"generated {sets.generated.shape} and reference {sets.reference.shape} volumes "
                              "differ in shape; generate on the suite grid")
         mask = np.asarray(sets.brain_mask, dtype=bool) if self.in_mask else None
+        rows = sets.map(partial(paired_ssim_rows, mask=mask, data_range=self.data_range, sigma=self.sigma,
+                                kernel_size=self.kernel_size), "generated", "reference", "floor")
         warnings: list[str] = []
-        lo, hi = float(np.min(sets.generated)), float(np.max(sets.generated))
+        lo, hi = float(np.min(rows["min"])), float(np.max(rows["max"]))
         if lo < -1e-3 or hi > self.data_range + 1e-3:
             msg = (f"ssim: generated intensities span [{lo:.3g}, {hi:.3g}], outside the data range "
                    f"[0, {self.data_range}] assumed by the SSIM constants")
             log.warning(msg)
             warnings.append(msg)
-        vals = self._per_sample(sets.generated, sets.reference, mask)
-        floor_vals = self._per_sample(sets.floor, sets.reference, mask)
+        vals, floor_vals = rows["ssim"], rows["floor_ssim"]
         ok = np.isfinite(vals)
         lo_ci, hi_ci = mean_ci(vals[ok], seed=seed)
         return MetricResult(

@@ -16,6 +16,7 @@ TINY_CONFIG = tiny_config("ldm3d-tiny-test", ae_steps=3, ae_batch=2, diff_steps=
 # the options of the shipped config: global attribute conditioning, Min-SNR weighting, posterior-mean latents
 TINY_CONFIG["unet"]["global_conditioning"] = True
 TINY_CONFIG["training"]["diffusion"].update(snr_gamma=5.0, latents="mean")
+TINY_CONFIG["training"]["autoencoder"].update(lr=2e-4, min_lr=1e-5)  # cosine decay, as shipped
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +59,17 @@ def test_bundled_config_loads_and_unknown_key_is_named(tmp_path):
 
 
 # ----------------------------------------------------------------------------- training
+def test_cosine_learning_rate_of_the_autoencoder_stage(trained):
+    from generators.common.training import cosine_lr, load_state
+
+    assert cosine_lr(2e-4, 1e-5, 0, 10) == pytest.approx(2e-4)
+    assert cosine_lr(2e-4, 1e-5, 5, 10) == pytest.approx((2e-4 + 1e-5) / 2)
+    assert cosine_lr(2e-4, 1e-5, 10, 10) == pytest.approx(1e-5) == cosine_lr(2e-4, 1e-5, 99, 10)
+    # the last of the 3 steps ran at the rate of step index 2
+    st = load_state(trained["out"] / "state_autoencoder.pt")
+    assert st["optimizer"]["param_groups"][0]["lr"] == pytest.approx(cosine_lr(2e-4, 1e-5, 2, 3))
+
+
 def test_training_smoke_checkpoint_and_resume(trained):
     from generators.ldm3d.checkpoint import load_checkpoint, read_metadata
     from generators.ldm3d.config import Ldm3dConfig

@@ -7,6 +7,8 @@ weights_only=True)`` (:func:`load_state`). The batch order and noise of step ``s
 
 from __future__ import annotations
 
+import math
+
 import copy
 import csv
 import datetime as _dt
@@ -143,6 +145,12 @@ def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params: Itera
     opt.step()
 
 
+def cosine_lr(lr: float, min_lr: float, step: int, steps: int) -> float:
+    """Cosine decay from ``lr`` (step 0) to ``min_lr`` (step ``steps`` and after)."""
+    frac = min(1.0, step / max(1, steps))
+    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * frac))
+
+
 def warmup_lr(opt: torch.optim.Optimizer, lr: float, step: int, warmup_steps: int) -> None:
     """Linear learning-rate warm-up: ``lr * min(1, (step + 1) / warmup_steps)`` for every group."""
     for group in opt.param_groups:
@@ -255,6 +263,9 @@ def train_autoencoder_stage(ae: torch.nn.Module, data: torch.Tensor, config: Any
         while step < acfg.steps and time.monotonic() < deadline:
             rng, _ = step_rng(cfg.seed, 1, step)
             x = data[torch.from_numpy(rng.choice(n, size=min(acfg.batch_size, n), replace=False))]
+            if getattr(acfg, "min_lr", None) is not None:
+                for group in opt.param_groups:
+                    group["lr"] = cosine_lr(acfg.lr, acfg.min_lr, step, acfg.steps)
             loss, l1, kl, gl = autoencoder_loss(ae, x, acfg.kl_weight, acfg.grad_weight)
             optimizer_step(opt, loss, ae.parameters(), cfg.grad_clip)
             step += 1

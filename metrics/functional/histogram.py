@@ -16,7 +16,7 @@ first/last bin (so every in-mask voxel counts).
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -157,9 +157,10 @@ def tissue_masks(labels, brain_mask=None, *, names: Mapping[int, str] | None = N
     """Boolean masks per tissue from an integer label map (label 0 = background is skipped).
 
     Args:
-        labels: ``(D, H, W)`` integer label map, or ``(N, [1,] D, H, W)`` per-subject maps, in which
-            case the voxel-wise majority label (a consensus atlas) is used so that every set is
-            masked identically.
+        labels: ``(D, H, W)`` integer label map (e.g. a consensus map from
+            :func:`consensus_labels`), or ``(N, [1,] D, H, W)`` per-subject maps, which are reduced
+            to their voxel-wise majority label (a consensus atlas) so that every set is masked
+            identically.
         brain_mask: optional ``(D, H, W)`` mask intersected with each tissue.
         names: label -> tissue name (default ``"label_<k>"``).
         ignore: labels to skip.
@@ -180,16 +181,51 @@ def tissue_masks(labels, brain_mask=None, *, names: Mapping[int, str] | None = N
     return out
 
 
-def consensus_labels(labels) -> np.ndarray:
-    """Voxel-wise majority label of ``(N, [1,] D, H, W)`` maps; a ``(D, H, W)`` map is returned as is."""
-    lab = np.asarray(labels)
-    if lab.ndim == 3:
-        return lab.astype(np.int64)
-    if lab.ndim == 5:
-        lab = lab[:, 0]
-    if lab.ndim != 4:
-        raise ValueError(f"labels must be (D, H, W) or (N, [1,] D, H, W), got shape {lab.shape}")
-    lab = lab.astype(np.int64)
-    values = np.unique(lab)
-    counts = np.stack([(lab == v).sum(0) for v in values])
-    return values[np.argmax(counts, axis=0)]
+def consensus_labels(labels: np.ndarray | Iterable[np.ndarray]) -> np.ndarray:
+    """Voxel-wise majority label of per-subject label maps, computed one map at a time.
+
+    Per label value a ``(D, H, W)`` vote count is accumulated, so memory is (number of distinct
+    labels) x (D, H, W) whatever the number of subjects — the runner calls it with a generator that
+    loads one subject's labels at a time. Ties go to the smallest label value.
+
+    Args:
+        labels: an iterable of per-subject ``(D, H, W)`` (or ``(1, D, H, W)``) integer label maps
+            (e.g. a generator), or an ``(N, [1,] D, H, W)`` array of them. A ``(D, H, W)`` array is
+            already a consensus map and is returned as is (as int64).
+
+    Returns:
+        ``(D, H, W)`` int64 map of the most frequent label at each voxel.
+
+    Raises:
+        ValueError: no map, or maps of different or unsupported shapes.
+    """
+    if isinstance(labels, (list, tuple)):
+        labels = np.asarray(labels)
+    if isinstance(labels, np.ndarray):
+        if labels.ndim == 3:
+            return labels.astype(np.int64)
+        if labels.ndim not in (4, 5) or (labels.ndim == 5 and labels.shape[1] != 1):
+            raise ValueError(f"labels must be (D, H, W) or (N, [1,] D, H, W), got shape {labels.shape}")
+    counts: dict[int, np.ndarray] = {}
+    shape = None
+    for i, item in enumerate(labels):
+        lab = np.asarray(item)
+        if lab.ndim == 4 and lab.shape[0] == 1:
+            lab = lab[0]
+        if lab.ndim != 3:
+            raise ValueError(f"label map {i} has shape {lab.shape}; expected (D, H, W) or (1, D, H, W)")
+        if shape is None:
+            shape = lab.shape
+        elif lab.shape != shape:
+            raise ValueError(f"label map {i} has shape {lab.shape}, the first had {shape}")
+        lab = lab.astype(np.int64)
+        for v in np.unique(lab):
+            c = counts.get(int(v))
+            if c is None:
+                c = counts[int(v)] = np.zeros(shape, dtype=np.int32)
+            c += lab == v
+    if shape is None:
+        raise ValueError("consensus_labels: no label map given")
+    values = np.array(sorted(counts), dtype=np.int64)
+    # np.argmax returns the first maximum: with ascending values, ties go to the smallest label.
+    return values[np.argmax(np.stack([counts[int(v)] for v in values]), axis=0)]

@@ -1,0 +1,151 @@
+"""Scale: wall time and peak memory of the full metric set against N, grid and executor.
+
+    make bench                                              # everything in benchmarks/
+    pytest benchmarks/bench_scale.py -o python_files='bench_*.py' --benchmark-only
+    python benchmarks/bench_scale.py 3mm:100 3mm:400 2mm:100 --executor local   # a plain table
+
+Each configuration is one ``python -m bench run --generator template`` in a fresh subprocess (cold
+feature cache, its own ``$BRAINGENBENCH_HOME`` sharing the built cohorts), on a suite with the
+full suite's metric list, grid ``GRID`` and ``N`` prompts (the phantom cohort is sized max(400, 4 N) so
+that its test split holds N subjects; it is built once into the user's cache, which takes a while at 2 mm).
+Peak memory is the highest summed resident set of the run's process tree (driver, and Ray's
+raylet, object store and workers with ``--executor ray``), sampled every 0.1 s. ``template``
+generates in milliseconds, so the time is the suite's own. Results are appended to
+``benchmarks/results/scale.jsonl``.
+
+Expectation (issue 8): peak memory roughly flat in N (volumes stream through shards of 8);
+wall time linear in N; the Ray executor's overhead is cluster start-up plus per-task scheduling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "scale.jsonl"
+SUITE = """name: scale-{grid}-n{n}
+version: 1
+description: the full suite's metrics at {grid} with {n} prompts (benchmarks/bench_scale.py)
+reference: {{name: phantom, args: {{n_subjects: {n_subjects}, seed: 0}}}}
+grid: {grid}
+n_prompts: {n}
+seed: 0
+metrics:
+{metrics}
+"""
+
+
+def n_subjects_for(n: int) -> int:
+    """Phantom cohort size whose test split (25 %) holds ``n`` prompts (at least the embedded 400)."""
+    return max(400, 4 * n)
+
+
+def suite_yaml(grid: str, n: int) -> str:
+    import yaml
+
+    full = yaml.safe_load((ROOT / "bench" / "suites" / "full.yaml").read_text())
+    metrics = "\n".join(f"  - {json.dumps(m)}" for m in full["metrics"])
+    return SUITE.format(grid=grid, n=n, n_subjects=n_subjects_for(n), metrics=metrics)
+
+
+def _tree_rss(pid: int) -> int:
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        procs = [p, *p.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for q in procs:
+        try:
+            total += q.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def measure(grid: str, n: int, executor: str = "local", workdir: Path | None = None) -> dict:
+    """Run the configuration in a subprocess; wall seconds, peak tree RSS (MiB) and the record's timings."""
+    from bench.cache import home
+
+    workdir = Path(workdir or tempfile.mkdtemp(prefix=f"bgb-scale-{grid}-{n}-"))
+    bench_home = workdir / "home"
+    (bench_home / "cohorts").mkdir(parents=True, exist_ok=True)
+    shared = home() / "cohorts"
+    shared.mkdir(parents=True, exist_ok=True)
+    suite = workdir / f"scale-{grid}-{n}.yaml"
+    suite.write_text(suite_yaml(grid, n))
+    # build (or find) the cohort in the user's cache first: not part of the measurement
+    subprocess.run([sys.executable, "-m", "bench", "--quiet", "cohort", "build", "phantom", "--grid", grid,
+                    "--n-subjects", str(n_subjects_for(n))], check=True, cwd=ROOT)
+    for c in shared.iterdir():
+        if c.is_dir() and not (bench_home / "cohorts" / c.name).exists():
+            os.symlink(c, bench_home / "cohorts" / c.name)
+    env = {**os.environ, "BRAINGENBENCH_HOME": str(bench_home)}
+    cmd = [sys.executable, "-m", "bench", "--quiet", "run", "--generator", "template", "--suite", str(suite),
+           "--out", str(workdir / "runs"), "--executor", executor]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = [0]
+
+    def sample():
+        while proc.poll() is None:
+            peak[0] = max(peak[0], _tree_rss(proc.pid))
+            time.sleep(0.1)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    out, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    th.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-3000:]}")
+    record = next((workdir / "runs").glob("*/record.json"))
+    rec = json.loads(record.read_text())
+    row = {"grid": grid, "n": n, "executor": executor, "wall_s": round(wall, 1),
+           "peak_rss_mib": round(peak[0] / 2**20, 1), "timings": rec["timings"],
+           "cpus": os.cpu_count(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    return row
+
+
+CONFIGS = [("3mm", 25, "local"), ("3mm", 50, "local"), ("3mm", 100, "local"), ("3mm", 400, "local"),
+           ("2mm", 100, "local"), ("2mm", 400, "local"), ("3mm", 100, "ray")]
+
+
+@pytest.mark.parametrize("grid,n,executor", CONFIGS, ids=[f"{g}-n{n}-{e}" for g, n, e in CONFIGS])
+def test_scale(benchmark, tmp_path, grid, n, executor):
+    row = benchmark.pedantic(lambda: measure(grid, n, executor, tmp_path), rounds=1, iterations=1)
+    benchmark.extra_info.update(row)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("configs", nargs="+", help="GRID:N, e.g. 3mm:100")
+    ap.add_argument("--executor", default="local", choices=["local", "ray"])
+    args = ap.parse_args(argv)
+    print(f"{'grid':>5} {'N':>5} {'executor':>8} {'wall s':>8} {'peak MiB':>9}  stages (s)")
+    for c in args.configs:
+        grid, n = c.split(":")
+        r = measure(grid, int(n), args.executor)
+        stages = ", ".join(f"{k} {v:.0f}" for k, v in r["timings"].items() if k != "total")
+        print(f"{grid:>5} {n:>5} {args.executor:>8} {r['wall_s']:>8.1f} {r['peak_rss_mib']:>9.1f}  {stages}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
