@@ -39,7 +39,7 @@ import numpy as np
 
 from bench import registry
 from bench.args import bind_args
-from bench.cache import FeatureCache, atomic_save_npy, atomic_save_npz, atomic_write_json, hash_obj
+from bench.cache import FeatureCache, array_key, atomic_save_npy, atomic_save_npz, atomic_write_json, hash_obj
 from bench.data.captions import parse_caption
 from bench.data.grid import Grid
 from bench.data.subject import Cohort, Subject
@@ -195,42 +195,42 @@ class ExtractorPool:
     def unused_args(self) -> set[str]:
         return set(self.extractor_args) - self._used_args
 
-    def spec(self) -> tuple:
-        """What a worker needs to build an identical pool (picklable)."""
-        return (self.device, self.extractor_args, self.grid.name,
-                None if self.brain_mask is None else np.packbits(self.brain_mask),
-                None if self.brain_mask is None else self.brain_mask.shape, str(self.cache.root))
-
 
 # Per-process caches of what tasks build (a generator, an extractor pool): a worker process builds each
 # once and reuses it for every task it runs; the local executor finds the driver's own objects here.
 _WORKER_OBJECTS: dict[str, Any] = {}
 
 
-def _pool_key(spec: tuple) -> list:
-    return [spec[0], spec[1], spec[2], None if spec[3] is None else spec[3].tolist(), spec[4], spec[5]]
+class PoolSpec:
+    """What a worker needs to build an extractor pool identical to the driver's (picklable; the key is
+    computed once, on the driver)."""
 
+    def __init__(self, device: str, extractor_args: dict, grid: str, brain_mask: np.ndarray | None, cache_root: Path):
+        self.device, self.extractor_args, self.grid, self.cache_root = device, dict(extractor_args), grid, str(cache_root)
+        self.mask_shape = None if brain_mask is None else tuple(brain_mask.shape)
+        self.packed_mask = None if brain_mask is None else np.packbits(brain_mask)
+        mask_hash = None if brain_mask is None else array_key(self.packed_mask)
+        self.key = "pool:" + hash_obj([device, self.extractor_args, grid, mask_hash, self.mask_shape, self.cache_root])
 
-def _worker_pool(spec: tuple) -> ExtractorPool:
-    key = "pool:" + hash_obj(_pool_key(spec))
-    if key not in _WORKER_OBJECTS:
-        from bench.data.grid import get_grid
+    def build(self) -> ExtractorPool:
+        if self.key not in _WORKER_OBJECTS:
+            from bench.data.grid import get_grid
 
-        device, extractor_args, grid_name, packed, mask_shape, cache_root = spec
-        mask = None if packed is None else np.unpackbits(packed)[:int(np.prod(mask_shape))].reshape(mask_shape).astype(bool)
-        _WORKER_OBJECTS[key] = ExtractorPool(resolve_device(device), extractor_args, FeatureCache(Path(cache_root)),
-                                             get_grid(grid_name), mask)
-    return _WORKER_OBJECTS[key]
+            mask = None if self.packed_mask is None else \
+                np.unpackbits(self.packed_mask)[:int(np.prod(self.mask_shape))].reshape(self.mask_shape).astype(bool)
+            _WORKER_OBJECTS[self.key] = ExtractorPool(resolve_device(self.device), self.extractor_args,
+                                                      FeatureCache(Path(self.cache_root)), get_grid(self.grid), mask)
+        return _WORKER_OBJECTS[self.key]
 
 
 class FeatureShardTask:
     """Features of one shard of a volume set (a picklable task of the shard index)."""
 
-    def __init__(self, pool_spec: tuple, extractor: str, volumes):
-        self.pool_spec, self.extractor, self.volumes = pool_spec, extractor, volumes
+    def __init__(self, pool: PoolSpec, extractor: str, volumes):
+        self.pool, self.extractor, self.volumes = pool, extractor, volumes
 
     def __call__(self, k: int) -> np.ndarray:
-        return _worker_pool(self.pool_spec).features(self.extractor, self.volumes.shard(k))
+        return self.pool.build().features(self.extractor, self.volumes.shard(k))
 
 
 class GeneratorSpec:
@@ -377,8 +377,8 @@ def _evaluate(cfg: RunConfig, suite: Suite, cohort: Cohort, generator, gen_args:
     brain_mask = cohort.brain_mask()
     pool = ExtractorPool(device, cfg.extractor_args, FeatureCache(), suite.grid, brain_mask)
     # workers resolve the requested device themselves (a GPU worker under a CPU-only driver uses its GPU)
-    pool_spec = (cfg.device, *pool.spec()[1:])
-    _WORKER_OBJECTS["pool:" + hash_obj(_pool_key(pool_spec))] = pool  # the local executor reuses this pool
+    pool_spec = PoolSpec(cfg.device, cfg.extractor_args, suite.grid.name, brain_mask, pool.cache.root)
+    _WORKER_OBJECTS[pool_spec.key] = pool  # the local executor reuses this pool
     volume_sets = {"generated": generated, "reference": reference_vols, "floor": floor_vols, "train": train_vols}
     memo: dict[tuple[str, str], np.ndarray] = {}
 

@@ -71,9 +71,7 @@ class VolumeSet:
 
     def take(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """Volumes at ``indices`` (any order, repeats allowed), loading only the shards they fall in."""
-        idx = np.asarray(indices, dtype=int).reshape(-1)
-        if idx.size and (idx.min() < 0 or idx.max() >= self.n):
-            raise IndexError(f"indices out of range for a set of {self.n} volumes")
+        idx = self._indices(indices)
         out = np.empty((idx.size, 1, *self.spatial), dtype=np.float32)
         for k in np.unique(idx // self.shard_size):
             start, _ = self.bounds(int(k))
@@ -82,6 +80,12 @@ class VolumeSet:
             out[sel] = block[idx[sel] - start]
             del block
         return out
+
+    def _indices(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        idx = np.asarray(indices, dtype=int).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.n):
+            raise IndexError(f"indices out of range for a set of {self.n} volumes")
+        return idx
 
     def materialize(self) -> np.ndarray:
         """All volumes in one array (defeats streaming: for small sets and tests only)."""
@@ -145,10 +149,7 @@ class CohortVolumes(VolumeSet):
 
     def take(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """Only the requested subjects' files are read (one file per distinct index)."""
-        idx = np.asarray(indices, dtype=int).reshape(-1)
-        if idx.size and (idx.min() < 0 or idx.max() >= self.n):
-            raise IndexError(f"indices out of range for a set of {self.n} volumes")
-        uniq, inv = np.unique(idx, return_inverse=True)
+        uniq, inv = np.unique(self._indices(indices), return_inverse=True)
         return self.cohort.load_volumes([self.subjects[i] for i in uniq])[inv.reshape(-1)]
 
     def __repr__(self) -> str:
