@@ -171,7 +171,7 @@ def make_latent_encoder(checkpoint: str | Path = SHIPPED, *, device: str = "cpu"
     """The ``ldm3d-latent`` feature space for metrics: (fn, dim, fingerprint).
 
     ``fn(volumes (N, 1, D, H, W) float32) -> (N, dim) float32``: the scaled posterior mean of the
-    autoencoder, average-pooled to ``pool`` and flattened (dim = latent channels x prod(pool); 192 for
+    autoencoder, average-pooled to ``pool`` and flattened (dim = latent channels x prod(pool); 384 for
     the shipped model), small enough for Fréchet distances with a few hundred samples. The fingerprint
     is the checkpoint's sha256 plus the pooling, so cached features are invalidated when either changes.
     """
