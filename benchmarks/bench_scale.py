@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -78,9 +79,18 @@ def _tree_rss(pid: int) -> int:
 
 def measure(grid: str, n: int, executor: str = "local", workdir: Path | None = None) -> dict:
     """Run the configuration in a subprocess; wall seconds, peak tree RSS (MiB) and the record's timings."""
+    own = workdir is None  # a folder made here (feature cache, samples) is removed afterwards
+    workdir = Path(workdir or tempfile.mkdtemp(prefix=f"bgb-scale-{grid}-{n}-"))
+    try:
+        return _measure(grid, n, executor, workdir)
+    finally:
+        if own:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _measure(grid: str, n: int, executor: str, workdir: Path) -> dict:
     from bench.cache import home
 
-    workdir = Path(workdir or tempfile.mkdtemp(prefix=f"bgb-scale-{grid}-{n}-"))
     bench_home = workdir / "home"
     (bench_home / "cohorts").mkdir(parents=True, exist_ok=True)
     shared = home() / "cohorts"
@@ -114,8 +124,12 @@ def measure(grid: str, n: int, executor: str = "local", workdir: Path | None = N
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-3000:]}")
     record = next((workdir / "runs").glob("*/record.json"))
     rec = json.loads(record.read_text())
+    failed = sorted(k for k, v in rec["metrics"].items() if v.get("value") is None)
+    if failed:  # a metric that failed did not do its work: the row would under-state time and memory
+        errors = {k: rec["metrics"][k].get("details", {}).get("error") for k in failed}
+        raise RuntimeError(f"{grid}:{n}: metrics failed, no row recorded: {errors}")
     row = {"grid": grid, "n": n, "executor": executor, "wall_s": round(wall, 1),
-           "peak_rss_mib": round(peak[0] / 2**20, 1), "timings": rec["timings"],
+           "peak_rss_mib": round(peak[0] / 2**20, 1), "timings": rec["timings"], "n_metrics": len(rec["metrics"]),
            "cpus": os.cpu_count(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with open(RESULTS, "a") as f:

@@ -24,7 +24,7 @@ import torch
 log = logging.getLogger("braingenbench.metrics.features")
 
 __all__ = ["FeatureExtractor", "TorchFeatureExtractor", "check_volumes", "sha256_file", "resample_isotropic",
-           "pad_to_multiple", "pool_features", "volume_seed"]
+           "resample_centred", "pad_to_multiple", "pool_features", "volume_seed"]
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -76,6 +76,61 @@ def resample_isotropic(x: torch.Tensor, voxel_size: float, spacing_mm: float | N
         return x
     size = [max(1, int(round(s * voxel_size / spacing_mm))) for s in x.shape[2:]]
     return torch.nn.functional.interpolate(x, size=size, mode="trilinear", align_corners=False)
+
+
+def resample_centred(x: torch.Tensor, voxel_size: float, target_voxel_size: float,
+                     target_shape: tuple[int, int, int] | list[int]) -> torch.Tensor:
+    """Resample ``(B, C, D, H, W)`` onto another isotropic grid with the same centre.
+
+    Every atlas grid of the benchmark (:mod:`bench.data.grid`) is centred on the same point, so voxel
+    ``i`` of the target grid sits at source coordinate ``(i - (n_t - 1) / 2) * t / s + (n_s - 1) / 2``
+    (``s``, ``t``: source and target voxel sizes). Values are interpolated trilinearly; points outside
+    the source are 0 (background). When the target is coarser (``t > s``), the source is first smoothed
+    by a Gaussian of ``sigma = sqrt((t/s)^2 - 1) / (2 sqrt(2 ln 2))`` source voxels, which widens a
+    one-voxel point spread (FWHM) to one target voxel, so that downsampling does not alias.
+
+    Args:
+        x: volumes ``(B, C, D, H, W)``.
+        voxel_size: source voxel size (mm).
+        target_voxel_size: target voxel size (mm).
+        target_shape: target ``(D, H, W)``.
+
+    Returns:
+        ``(B, C, *target_shape)`` in ``x``'s dtype.
+    """
+    target_shape = tuple(int(n) for n in target_shape)
+    if len(target_shape) != 3 or min(target_shape) < 1:
+        raise ValueError(f"resample_centred: target_shape must be 3 positive sides, got {target_shape}")
+    if voxel_size <= 0 or target_voxel_size <= 0:
+        raise ValueError(f"resample_centred: voxel sizes must be > 0, got {voxel_size} and {target_voxel_size}")
+    ratio = float(target_voxel_size) / float(voxel_size)
+    if abs(ratio - 1.0) < 1e-9 and tuple(x.shape[2:]) == target_shape:
+        return x
+    dtype = x.dtype
+    x = x.float()
+    if ratio > 1.0:
+        sigma = float(np.sqrt(ratio**2 - 1.0) / (2.0 * np.sqrt(2.0 * np.log(2.0))))
+        radius = max(1, int(np.ceil(3.0 * sigma)))
+        k = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32) / sigma) ** 2)
+        k = k / k.sum()
+        b, c = x.shape[:2]
+        y = x.reshape(b * c, 1, *x.shape[2:])
+        for axis in range(3):
+            shape = [1, 1, 1, 1, 1]
+            shape[2 + axis] = k.numel()
+            pad = [0, 0, 0, 0, 0, 0]
+            pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius
+            y = torch.nn.functional.conv3d(torch.nn.functional.pad(y, pad), k.view(shape))
+        x = y.reshape(b, c, *x.shape[2:])
+    # normalised sampling coordinates (align_corners=True: -1 and 1 are the centres of the end voxels)
+    axes = []
+    for n_s, n_t in zip(x.shape[2:], target_shape):
+        j = (torch.arange(n_t, dtype=torch.float64) - (n_t - 1) / 2.0) * ratio + (n_s - 1) / 2.0
+        axes.append((2.0 * j / max(n_s - 1, 1) - 1.0).float())
+    gd, gh, gw = torch.meshgrid(*axes, indexing="ij")
+    grid = torch.stack([gw, gh, gd], dim=-1).unsqueeze(0).expand(x.shape[0], *target_shape, 3)
+    out = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return out.to(dtype)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int, value: float | torch.Tensor = 0.0) -> torch.Tensor:
