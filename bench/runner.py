@@ -47,6 +47,7 @@ from bench.records import SCHEMA_VERSION, environment
 from bench.suite import Suite, load_suite
 from generators.base import GenerationOutput, GeneratorContext, Prompt, seed_for
 from bench.executors import make_executor
+from bench.memory import bound_heap_growth, release_free_memory
 from metrics.base import EvalSets, MetricResult
 from metrics.volumes import CohortVolumes, NpzShards
 
@@ -216,6 +217,7 @@ class PoolSpec:
         if self.key not in _WORKER_OBJECTS:
             from bench.data.grid import get_grid
 
+            bound_heap_growth()
             mask = None if self.packed_mask is None else \
                 np.unpackbits(self.packed_mask)[:int(np.prod(self.mask_shape))].reshape(self.mask_shape).astype(bool)
             _WORKER_OBJECTS[self.key] = ExtractorPool(resolve_device(self.device), self.extractor_args,
@@ -250,6 +252,7 @@ class GeneratorSpec:
         if self.key not in _WORKER_OBJECTS:
             from bench.data.grid import get_grid
 
+            bound_heap_growth()  # a worker on another node did not inherit the driver's setting
             grid = get_grid(self.grid)
             cohort = resolve_cohort(self.reference, grid, self.reference_args, quiet=True)
             ctx = GeneratorContext(cohort=cohort, grid=grid, device=resolve_device(self.device),
@@ -303,6 +306,7 @@ def run(cfg: RunConfig) -> Path:
     """Run a suite against a generator; returns the path of ``record.json``."""
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
+    bound_heap_growth()  # before any volume is allocated (see bench.memory)
     suite = load_suite(cfg.suite)
     registry.generators.canonical(cfg.generator)  # fail fast on a typo, before any work
     seed = cfg.seed if cfg.seed is not None else suite.seed
@@ -414,6 +418,7 @@ def _evaluate(cfg: RunConfig, suite: Suite, cohort: Cohort, generator, gen_args:
                 results.update(saved["results"])
                 continue
         results_for = compute_metric(spec, metric, sets, seed)
+        release_free_memory()
         atomic_write_json(path, {"results": results_for,
                                  "_failed": any(r.get("value") is None for r in results_for.values())})
         results.update(results_for)

@@ -1,0 +1,58 @@
+"""Keep a long run's resident memory at what it uses, not at what it once used.
+
+glibc serves large allocations with ``mmap`` (returned to the OS on ``free``) only above a threshold
+that it raises *dynamically* up to 32 MiB each time such a block is freed. After the first freed
+shard, every volume-sized array (2 MiB at 2 mm, 18 MiB at 1 mm) then comes from the heap, whose
+fragments are not returned: a run's resident set creeps up with the number of shards it has processed.
+Fixing the threshold at 1 MiB keeps volume-sized arrays on ``mmap``, so memory is held only while an
+array is alive. Measured in-process at 2 mm, N = 400: the SSIM stage peaked at 846 MiB instead of
+1,096 MiB, and the resident set between metrics stayed near 500 MiB instead of climbing to 1,090 MiB
+(README, "Scaling out").
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import sys
+
+log = logging.getLogger("braingenbench.memory")
+
+MMAP_THRESHOLD = 1 << 20  # bytes; arrays at least this large are mmapped and unmapped on free
+_M_MMAP_THRESHOLD = -3  # mallopt parameter (malloc.h)
+
+
+def _libc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt  # noqa: B018 - glibc only (musl has no mallopt)
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+def bound_heap_growth(threshold: int = MMAP_THRESHOLD) -> bool:
+    """Fix glibc's mmap threshold in this process and in the processes it starts from now on.
+
+    The environment variable ``MALLOC_MMAP_THRESHOLD_`` is set (unless the user set it) so that worker
+    processes (radiomics pool, Ray workers of a private cluster) inherit the policy. Returns whether
+    this process's allocator accepted it (False off glibc, where nothing changes).
+    """
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(int(threshold)))
+    libc = _libc()
+    if libc is None:
+        return False
+    ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, int(os.environ["MALLOC_MMAP_THRESHOLD_"])))
+    if not ok:
+        log.debug("mallopt(M_MMAP_THRESHOLD) was refused; memory may creep with the number of shards")
+    return ok
+
+
+def release_free_memory() -> None:
+    """Return free heap pages to the OS (``malloc_trim(0)``); a no-op off glibc."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
