@@ -13,6 +13,7 @@ array is alive. Measured in-process at 2 mm, N = 400: the SSIM stage peaked at 8
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import sys
@@ -23,6 +24,7 @@ MMAP_THRESHOLD = 1 << 20  # bytes; arrays at least this large are mmapped and un
 _M_MMAP_THRESHOLD = -3  # mallopt parameter (malloc.h)
 
 
+@functools.lru_cache(maxsize=1)
 def _libc():
     if not sys.platform.startswith("linux"):
         return None

@@ -111,8 +111,9 @@ def resample_centred(x: torch.Tensor, voxel_size: float, target_voxel_size: floa
     if ratio > 1.0:
         sigma = float(np.sqrt(ratio**2 - 1.0) / (2.0 * np.sqrt(2.0 * np.log(2.0))))
         radius = max(1, int(np.ceil(3.0 * sigma)))
-        k = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32) / sigma) ** 2)
-        k = k / k.sum()
+        from metrics.functional.ssim import window_1d
+
+        k = window_1d(2 * radius + 1, sigma).float()
         b, c = x.shape[:2]
         y = x.reshape(b * c, 1, *x.shape[2:])
         for axis in range(3):
