@@ -481,7 +481,9 @@ def compute_metric(spec, metric, sets: EvalSets, seed: int) -> dict[str, dict]:
     res = {}
     for sub, r in out.items():
         key = spec.key if not sub else f"{spec.key}/{sub}"
-        res[key] = _jsonable({**r.to_dict(), **meta})
+        entry = r.to_dict()
+        entry["axis"] = entry.get("axis") or metric.axis_of(sub)
+        res[key] = _jsonable({**entry, **meta})
     return res
 
 

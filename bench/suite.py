@@ -56,17 +56,21 @@ class Suite:
     metrics: tuple[MetricSpec, ...]
     path: Path | None = None
     floor_split: str = "train"
+    headline: dict = field(default_factory=dict)  # {axis: [metric keys]}: what the table and compare lead with
 
     def to_dict(self) -> dict:
         return {"name": self.name, "version": self.version, "description": self.description,
                 "grid": self.grid.to_dict(), "n_prompts": self.n_prompts, "seed": self.seed,
                 "reference": {"name": self.reference, "args": self.reference_args},
-                "floor_split": self.floor_split,
+                "floor_split": self.floor_split, "headline": {a: list(k) for a, k in self.headline.items()},
                 "metrics": [{"key": m.key, "name": m.name, "args": m.args, "tolerance": m.tolerance}
                             for m in self.metrics]}
 
 
-_TOP = {"name", "version", "description", "reference", "grid", "n_prompts", "seed", "metrics", "floor_split"}
+_TOP = {"name", "version", "description", "reference", "grid", "n_prompts", "seed", "metrics", "floor_split",
+        "headline"}
+#: The axes a suite's ``headline:`` may name (in display order).
+AXES = ("realism", "diversity", "conformance", "privacy")
 _METRIC = {"name", "args", "key", "tolerance"}
 
 
@@ -121,6 +125,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
     dup = {k for k in keys if keys.count(k) > 1}
     if dup:
         raise SuiteError(f"{path}: duplicate metric key(s) {sorted(dup)}; give each a distinct `key:`")
+    headline = _headline(raw.get("headline") or {}, keys, path)
     try:
         grid = get_grid(raw["grid"])
     except ValueError as e:
@@ -129,7 +134,27 @@ def load_suite(name_or_path: str | Path) -> Suite:
                  description=str(raw.get("description", "")).strip(), reference=str(ref["name"]),
                  reference_args=dict(ref.get("args") or {}), grid=grid, n_prompts=int(raw["n_prompts"]),
                  seed=int(raw.get("seed", 0)), metrics=tuple(specs), path=path,
-                 floor_split=str(raw.get("floor_split", "train")))
+                 floor_split=str(raw.get("floor_split", "train")), headline=headline)
+
+
+def _headline(raw: dict, keys: list[str], path) -> dict[str, tuple[str, ...]]:
+    """``headline: {axis: [result keys]}``: axes from :data:`AXES`; a key is a metric key or one of its
+    sub-results (``prdc-deepbet/recall``)."""
+    if not isinstance(raw, dict):
+        raise SuiteError(f"{path}: `headline` must map an axis ({', '.join(AXES)}) to a list of metric keys")
+    _check_keys(raw, set(AXES), "headline", path)
+    out = {}
+    for axis in AXES:
+        if axis not in raw:
+            continue
+        vals = raw[axis] if isinstance(raw[axis], list) else [raw[axis]]
+        for v in vals:
+            if str(v).split("/", 1)[0] not in keys:
+                close = difflib.get_close_matches(str(v).split("/", 1)[0], keys, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; the suite's metric keys: {', '.join(keys)}"
+                raise SuiteError(f"{path}: headline.{axis} names {v!r}, which is not a metric of this suite{hint}")
+        out[axis] = tuple(str(v) for v in vals)
+    return out
 
 
 def _register_builtin() -> None:

@@ -80,6 +80,8 @@ class Generator(Protocol):
     def generate(self, prompts: Sequence[Prompt], *, seed: int) -> GenerationOutput: ...
 
     def info(self) -> dict: ...
+    # info() goes into the record; its "role" is one of "reference-model", "baseline",
+    # "memorising baseline" (never starred on a leaderboard) or "external" (the default when absent).
 
 
 def seed_for(seed: int, index: int) -> int:

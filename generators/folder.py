@@ -96,5 +96,5 @@ class FolderGenerator:
     def info(self) -> dict:
         from bench.data.subject import file_sha256
 
-        return {"description": "pre-generated samples from a folder", "path": str(self.root.resolve()),
+        return {"role": "external", "description": "pre-generated samples from a folder", "path": str(self.root.resolve()),
                 "manifest_sha256": file_sha256(self.manifest), "n_files": len(self.rows)}

@@ -59,6 +59,6 @@ class Ldm3dUncondGenerator(Ldm3dGenerator):
 
     def info(self) -> dict:
         d = super().info()
-        d.update({"name": self.name, "guidance": 0.0, "context": "learned null context only (prompt ignored)",
+        d.update({"role": "baseline", "name": self.name, "guidance": 0.0, "context": "learned null context only (prompt ignored)",
                   "caption_dropout_in_training": self.caption_dropout})
         return d

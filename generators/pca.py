@@ -148,7 +148,7 @@ class PCAGenerator:
         return GenerationOutput(out)
 
     def info(self) -> dict:
-        return {"description": "per-modality PCA appearance model; coefficients ridge-regressed on caption "
+        return {"role": "baseline", "description": "per-modality PCA appearance model; coefficients ridge-regressed on caption "
                                "attributes + seeded residual noise",
                 "n_components": self.n_components, "noise_scale": self.noise_scale,
                 "models": {m: {"n_train": v["n"], "components": v["k"], "ridge_alpha": v["alpha"],

@@ -51,6 +51,6 @@ class RetrievalGenerator:
         return GenerationOutput(np.clip(vols, 0, 1), extras={"retrieved": picked})
 
     def info(self) -> dict:
-        return {"description": "nearest training caption (sentence-embedding cosine) -> its volume",
+        return {"role": "memorising baseline", "description": "nearest training caption (sentence-embedding cosine) -> its volume",
                 "k": self.k, "text_encoder": str(self.encoder.model_dir),
                 "text_encoder_sha256": self.encoder.fingerprint, "pool_size": len(self.pool)}

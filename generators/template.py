@@ -51,5 +51,5 @@ class TemplateGenerator:
         return GenerationOutput(out)
 
     def info(self) -> dict:
-        return {"description": "per-modality mean training image + Gaussian noise", "noise": self.noise,
+        return {"role": "baseline", "description": "per-modality mean training image + Gaussian noise", "noise": self.noise,
                 "n_train_per_modality": dict(sorted(self.counts.items()))}

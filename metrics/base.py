@@ -108,8 +108,21 @@ class EvalSets:
         return self.volume_set(name).take(indices)
 
 
+#: What a result says about a generator: the axes of the headline table, in display order.
+AXES = ("realism", "diversity", "conformance", "privacy")
+#: How a value ranks: ``higher`` / ``lower`` is better, or ``target``: closest to the real-vs-real value
+#: (the floor) is best — e.g. diversity, where both too little and too much are wrong.
+DIRECTIONS = ("higher", "lower", "target")
+
+
 @dataclass
 class MetricResult:
+    """One number with its evidence.
+
+    ``direction`` (default: from ``higher_is_better``) and ``axis`` (default: the metric family's) say
+    how the value ranks and what it measures; ``floor_ci`` is the bootstrap interval of ``floor``.
+    """
+
     value: float
     higher_is_better: bool
     n: int
@@ -118,12 +131,27 @@ class MetricResult:
     floor: float | None = None
     warnings: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)  # config used, per-sample values, ...
+    direction: str | None = None
+    axis: str | None = None
+    floor_ci: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.direction is not None and self.direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {self.direction!r}")
+        if self.axis is not None and self.axis not in AXES:
+            raise ValueError(f"axis must be one of {AXES}, got {self.axis!r}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
         for k in ("value", "ci_low", "ci_high", "floor"):
             if d[k] is not None:
                 d[k] = float(d[k])
+        if d["direction"] is None:
+            d["direction"] = "higher" if self.higher_is_better else "lower"
+        if d["floor_ci"] is None and isinstance(self.details.get("floor_ci"), (list, tuple)):
+            d["floor_ci"] = list(self.details["floor_ci"])
+        if d["floor_ci"] is not None:
+            d["floor_ci"] = [None if v is None else float(v) for v in d["floor_ci"]]
         return d
 
 
@@ -135,6 +163,8 @@ class Metric:
     name: ClassVar[str] = "metric"
     higher_is_better: ClassVar[bool] = False
     description: ClassVar[str] = ""
+    axis: ClassVar[str] = "realism"  # one of AXES; sub-results may differ (see axis_of)
+    sub_axes: ClassVar[dict[str, str]] = {}  # sub-result key -> axis, where it differs from ``axis``
     requires_train: ClassVar[bool] = False  # the runner loads the training split only when asked
     requires_atlas: ClassVar[bool] = False  # the runner puts atlas priors in sets.extra["atlas"] when asked
 
@@ -143,6 +173,10 @@ class Metric:
 
     def config(self) -> dict:
         return {}
+
+    def axis_of(self, sub: str) -> str:
+        """The axis of sub-result ``sub`` (``""`` for a single result)."""
+        return self.sub_axes.get(sub, self.axis)
 
     def extractors(self) -> list[str]:
         """Feature extractors this metric asks the runner for (so it can report their fingerprints)."""

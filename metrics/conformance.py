@@ -86,6 +86,7 @@ class Conformance(Metric):
         n_boot: bootstrap resamples for the CIs.
     """
 
+    axis = "conformance"
     name = "conformance"
     higher_is_better = True
     requires_train = True

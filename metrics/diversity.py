@@ -72,6 +72,7 @@ class MSSSIMDiversity(Metric):
         same_modality: pair only volumes of the same modality when attributes give one.
     """
 
+    axis = "diversity"
     name = "ms_ssim_diversity"
     higher_is_better = False
     description = "mean MS-SSIM between random pairs of samples (diversity; the real value is the target)"
@@ -146,7 +147,7 @@ class MSSSIMDiversity(Metric):
         lo, hi = mean_ci(gen_vals, seed=seed)
         g, r = float(gen_vals.mean()), float(ref_vals.mean())
         return MetricResult(
-            value=g, higher_is_better=False, n=int(pairs.shape[0]), ci_low=lo, ci_high=hi, floor=r,
+            value=g, higher_is_better=False, direction="target", n=int(pairs.shape[0]), ci_low=lo, ci_high=hi, floor=r,
             warnings=warnings,
             details={"generated": g, "reference": r, "difference": g - r, "n_pairs": int(pairs.shape[0]),
                      "pairing": "same modality" if groups is not None else "any",

@@ -75,6 +75,7 @@ class Memorization(FeatureMetric):
         n_boot: bootstrap resamples.
     """
 
+    axis: ClassVar[str] = "privacy"
     name: ClassVar[str] = "memorization"
     higher_is_better: ClassVar[bool] = False
     requires_train: ClassVar[bool] = True  # tells the runner to load the training split

@@ -48,6 +48,7 @@ class PRDC(FeatureMetric):
         n_boot: bootstrap resamples.
     """
 
+    sub_axes: ClassVar[dict[str, str]] = {"recall": "diversity", "coverage": "diversity"}
     name: ClassVar[str] = "prdc"
     higher_is_better: ClassVar[bool] = True
     description: ClassVar[str] = "Precision/recall/density/coverage (k-NN manifolds) of extractor features"

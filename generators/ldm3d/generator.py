@@ -138,6 +138,7 @@ class Ldm3dGenerator:
     def info(self) -> dict:
         tr = self.meta.get("training", {})
         return {
+            "role": "reference-model",
             "name": self.name,
             "checkpoint": str(self.checkpoint_path),
             "checkpoint_sha256": self.sha256,

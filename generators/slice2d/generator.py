@@ -105,7 +105,7 @@ class Slice2dGenerator:
 
     def info(self) -> dict:
         tr = self.meta.get("training", {})
-        return {"name": self.name, "checkpoint": self.checkpoint_path, "checkpoint_sha256": self.sha256,
+        return {"role": "baseline", "name": self.name, "checkpoint": self.checkpoint_path, "checkpoint_sha256": self.sha256,
                 "scheduler": self.scheduler_name, "steps": self.steps, "guidance": self.guidance,
                 "slice_axis": self.model.config.slice_axis, "n_slices": self.model.n_slices,
                 "prediction": self.model.config.prediction,
