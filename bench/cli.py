@@ -44,24 +44,48 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)
 
+    p = sub.add_parser("validate", help="the metric report card: what each metric of a suite detects",
+                       description="Score a seeded ladder of corruptions (noise, Rician noise, blur, k-space "
+                                   "low-pass, bias field, intensity shift and scale, ghosting, thick slices, "
+                                   "deformation, contrast swap, training copies; 3 levels each) of the suite's "
+                                   "held-out real volumes through the runner, and write DIR/validation.json: per "
+                                   "metric and corruption the values, CIs, monotonicity and the first level "
+                                   "detected against the real-vs-real floor.")
+    p.add_argument("--suite", required=True, help="suite name (see `ls suites`) or a suite YAML path")
+    p.add_argument("--reference", default=None, help="reference cohort (default: the suite's)")
+    p.add_argument("--out", type=Path, default=Path("validation"), help="report folder (default: validation/)")
+    p.add_argument("--corruptions", default=None, metavar="KIND,...", help="a subset of the ladder (default: all)")
+    p.add_argument("--seed", type=int, default=None, help="override the suite's seed")
+    p.add_argument("--limit", type=int, default=None, help="use at most N prompts")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="torch device")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="reuse finished runs (default) or start over")
+
     p = sub.add_parser("ls", help="list registered generators, metrics, extractors, cohorts or suites")
     p.add_argument("what", choices=["generators", "metrics", "extractors", "cohorts", "suites"])
 
     p = sub.add_parser("leaderboard", help="build the static leaderboard site from run records")
     p.add_argument("runs_dir", type=Path)
     p.add_argument("--out", type=Path, default=Path("site"))
+    p.add_argument("--validation", type=Path, default=None,
+                   help="a validation.json (or its folder) from `bench validate`: adds the report-card page and "
+                        "shows what each headline metric misses (default: RUNS_DIR/validation.json if present)")
 
     p = sub.add_parser("compare", help="compare two run records (base vs head checkpoint) for a pull request",
                        description="Per metric present in both records: base, head, delta, the 95% CI of the "
                                    "difference (paired bootstrap over prompts when both runs used the same "
-                                   "prompts, else from the recorded CIs) and a better / worse / no significant "
-                                   "change verdict. Markdown on stdout (or --out).")
+                                   "prompts, else from the recorded CIs), a two-sided p-value, Holm-Bonferroni "
+                                   "across the metrics (family-wise alpha 0.05), a tolerance per metric (the "
+                                   "suite's, else the half-width of the real-vs-real floor interval) and a "
+                                   "better / worse / no significant change verdict, plus one line per axis. "
+                                   "Runs that differ in suite, N, reference or grid are refused (exit 2) unless "
+                                   "--force. Markdown on stdout (or --out).")
     p.add_argument("base", type=Path, help="base run folder or its record.json")
     p.add_argument("head", type=Path, help="head run folder or its record.json")
     p.add_argument("--fail-on-regression", action="store_true",
                    help="exit 1 when any metric is significantly worse in head")
     p.add_argument("--force", action="store_true",
-                   help="compare even when suites, reference cohorts or grids differ")
+                   help="compare even when suite, N, reference cohort or grid differ (the report names them)")
     p.add_argument("--format", choices=["markdown", "json"], default="markdown", help="report format")
     p.add_argument("--out", type=Path, default=None, help="write the report to FILE (default: stdout)")
 
@@ -137,10 +161,18 @@ def _dispatch(args) -> int:
         return _cmd_run(args)
     if args.command == "ls":
         return _cmd_ls(args.what)
+    if args.command == "validate":
+        return _cmd_validate(args)
     if args.command == "leaderboard":
         from leaderboards import build_site
 
-        paths = build_site(args.runs_dir, args.out)
+        validation = None
+        vpath = args.validation or (args.runs_dir / "validation.json")
+        if args.validation is not None or vpath.exists():
+            from bench.validate import load_report
+
+            validation = load_report(vpath)
+        paths = build_site(args.runs_dir, args.out, validation=validation)
         for k, v in paths.items():
             print(f"{k}: {v}")
         return 0
@@ -186,6 +218,23 @@ def _cmd_prepare(args) -> int:
     return 0
 
 
+def _cmd_validate(args) -> int:
+    from bench.validate import ValidateConfig, check_corruptions, summary, validate
+
+    kinds = check_corruptions([k.strip() for k in args.corruptions.split(",") if k.strip()]
+                              if args.corruptions else None)
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    path = validate(ValidateConfig(suite=args.suite, out=args.out, reference=args.reference, corruptions=kinds,
+                                   seed=args.seed, limit=args.limit, device=args.device, resume=args.resume,
+                                   quiet=args.quiet))
+    import json
+
+    print(summary(json.loads(path.read_text())))
+    print(f"\nreport card: {path}")
+    return 0
+
+
 def _cmd_run(args) -> int:
     from bench import registry
     from bench.args import parse_kv
@@ -204,41 +253,80 @@ def _cmd_run(args) -> int:
     return 0
 
 
-def format_results(rec: dict) -> str:
-    """A plain-text results table of a record."""
-    ref = rec["reference"]
-    head = (f"{rec['generator']['name']} on suite {rec['suite']['name']} "
-            f"(reference {ref['name']}{' — SYNTHETIC' if ref.get('synthetic') else ''}, "
-            f"n={rec['suite']['n_prompts']}, seed {rec['seed']})")
-    rows = [("metric", "value", "95% CI", "real-vs-real", "n", "better")]
-
-    def f(x):
-        return "—" if x is None else f"{x:.4g}"
-
-    for k, m in rec["metrics"].items():
-        ci = "—" if m.get("ci_low") is None else f"[{f(m['ci_low'])}, {f(m['ci_high'])}]"
-        rows.append((k, f(m.get("value")), ci, f(m.get("floor")), str(m.get("n", "")),
-                     "higher" if m.get("higher_is_better") else "lower"))
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = [head, ""]
+    lines = []
     for j, r in enumerate(rows):
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
         if j == 0:
             lines.append("  ".join("-" * w for w in widths))
-    warns = [f"  {k}: {w}" for k, m in rec["metrics"].items() for w in m.get("warnings", [])]
+    return lines
+
+
+def format_results(rec: dict) -> str:
+    """A plain-text results table of a record: the headline metrics per axis first (value, CI, the
+    real-vs-real floor and the value as a multiple of it), then every metric."""
+    from leaderboards import verdicts
+
+    ref = rec["reference"]
+    head = (f"{rec['generator']['name']} on suite {rec['suite']['name']} "
+            f"(reference {ref['name']}{' — SYNTHETIC' if ref.get('synthetic') else ''}, "
+            f"N={rec['suite']['n_prompts']}, seed {rec['seed']})")
+
+    def f(x):
+        return "—" if x is None else f"{x:.4g}"
+
+    def ci(lo, hi):
+        return "—" if lo is None or hi is None else f"[{f(lo)}, {f(hi)}]"
+
+    def better(m):
+        return {"higher": "higher", "lower": "lower", "target": "real value"}.get(verdicts.direction(m) or "", "?")
+
+    lines = [head, ""]
+    hl = verdicts.headline(rec)
+    if hl:
+        rows = [("axis", "headline metric", "value", "95% CI", "real-vs-real", "x floor", "vs real")]
+        for axis, keys in hl.items():
+            for key in keys:
+                m = rec["metrics"][key]
+                fci = verdicts.floor_ci(m)
+                ratio = verdicts.ratio_to_floor(m)
+                rows.append((axis, key, f(m.get("value")), ci(m.get("ci_low"), m.get("ci_high")),
+                             f(m.get("floor")) + (f" {ci(*fci)}" if fci else ""),
+                             "—" if ratio is None else f"x{ratio:.3g}", verdicts.versus_floor(m) or "—"))
+        lines += _table(rows)
+        passed, why = verdicts.memorisation_gate(rec)
+        lines += ["", "memorisation gate: " + {True: "passed", False: "FAILED", None: "not measured"}[passed]
+                  + f" ({why})", "x floor = value / real-vs-real value (1 = real data); 'vs real': the run's interval "
+                  "against the floor's (worse / at floor / better)", "", "all metrics:"]
+    rows = [("metric", "value", "95% CI", "real-vs-real", "n", "better")]
+    for k, m in rec["metrics"].items():
+        rows.append((k, f(m.get("value")), ci(m.get("ci_low"), m.get("ci_high")), f(m.get("floor")),
+                     str(m.get("n", "")), better(m)))
+    lines += _table(rows)
+    warns = sorted({w for m in rec["metrics"].values() for w in m.get("warnings", [])})
     errs = [f"  {k}: {m['details']['error']}" for k, m in rec["metrics"].items()
             if m.get("details", {}).get("error")]
     if warns:
-        lines += ["", "warnings:"] + warns
+        lines += ["", "warnings:"] + [f"  {w}" for w in warns]
     if errs:
         lines += ["", "failed metrics (re-run to retry):"] + errs
     return "\n".join(lines)
 
 
 def _cmd_compare(args) -> int:
-    from bench.compare import compare, to_json, to_markdown
+    from bench.compare import CompareError, compare, to_json, to_markdown
 
-    result = compare(args.base, args.head, force=args.force)
+    try:
+        result = compare(args.base, args.head, force=args.force)
+    except CompareError as e:
+        for d in e.differences or [str(e)]:
+            print(f"error: {d}", file=sys.stderr)
+        print("the runs are not comparable: re-run both checkpoints on the same suite, N, reference and grid, "
+              "or pass --force to compare anyway", file=sys.stderr)
+        return 2
+    for d in result.overridden:
+        print(f"warning: --force: {d}", file=sys.stderr)
     text = to_json(result) if args.format == "json" else to_markdown(result)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

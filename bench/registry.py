@@ -145,6 +145,8 @@ generators.register("retrieval", "generators.retrieval:RetrievalGenerator",
                     description="nearest training volume by caption embedding (memorisation ceiling)")
 generators.register("template", "generators.template:TemplateGenerator", aliases=("mean",),
                     description="mean training image of the requested modality plus noise (floor)")
+generators.register("corrupt", "generators.corrupt:CorruptGenerator", aliases=("corruption",),
+                    description="held-out real volumes with a seeded corruption (the metric report card's probe)")
 generators.register("folder", "generators.folder:FolderGenerator",
                     description="NIfTI samples produced elsewhere + a manifest CSV of prompts")
 generators.register("ldm3d", "generators.ldm3d.generator:Ldm3dGenerator",
@@ -195,6 +197,8 @@ metrics.register("radiomics", "metrics.radiomics:Radiomics", aliases=("frd",),
                  description="Fréchet radiomics distance + per-feature effect sizes (pyradiomics)")
 metrics.register("conformance", "metrics.conformance:Conformance", aliases=("prompt-conformance",),
                  description="modality/sex accuracy, age and structure-volume MAE and r of generated volumes vs prompt")
+metrics.register("sharpness", "metrics.sharpness:SpectralSharpness", aliases=("spectral-sharpness", "spectrum"),
+                 description="radial power-spectrum distance (dB) to same-modality real volumes: blur, low-pass, noise")
 metrics.register("through_plane", "metrics.consistency:ThroughPlaneConsistency",
                  aliases=("through-plane", "slice_consistency"),
                  description="adjacent-slice decorrelation along the axial axis vs in-plane, relative to real volumes")

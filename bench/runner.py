@@ -469,6 +469,7 @@ def compute_metric(spec, metric, sets: EvalSets, seed: int) -> dict[str, dict]:
     """Run one metric family; a failure is recorded (value None + error) and does not stop the run."""
     meta = {"family": spec.name, "config": _jsonable(metric.config()),
             "description": getattr(metric, "description", "") or (type(metric).__doc__ or "").strip().split("\n")[0]}
+    t0 = time.perf_counter()
     try:
         out = metric.compute(sets, seed=seed)
     except Exception as e:  # noqa: BLE001 - recorded, logged, and retried on resume
@@ -483,6 +484,7 @@ def compute_metric(spec, metric, sets: EvalSets, seed: int) -> dict[str, dict]:
         key = spec.key if not sub else f"{spec.key}/{sub}"
         entry = r.to_dict()
         entry["axis"] = entry.get("axis") or metric.axis_of(sub)
+        entry["seconds"] = round(time.perf_counter() - t0, 3)  # the family's cost (features included when first used)
         res[key] = _jsonable({**entry, **meta})
     return res
 

@@ -31,6 +31,7 @@ _GEN = "#2f5fa7"    # generated
 _REF = "#c2571a"    # reference / real
 _BEST = "#4f9a58"
 _BAR = "#9db4d6"
+_GATED = "#d9d9d9"  # runs that may not be starred (memorisation gate)
 _FLOOR = "#b5651d"
 _FONT = {"family": "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", "size": 11}
 _LABEL_CHARS = 28
@@ -98,55 +99,136 @@ def _layout(title: str, height: int, **extra: Any) -> dict:
     return layout
 
 
-def metric_figure(table: Table, column: Column) -> dict:
-    """One metric of a leaderboard as a horizontal bar chart with CI whiskers and the floor line.
+#: Metric kinds whose value is a share or similarity in [0, 1] (matched against the key's last part,
+#: its base name and the family; see :func:`metric_bounds`).
+BOUNDED_KINDS = ("precision", "recall", "coverage", "ssim", "ms_ssim", "accuracy", "memorization")
+
+
+def metric_bounds(key: str, family: str = "", values: Sequence[float | None] = ()) -> tuple[float, float] | None:
+    """The one boundedness rule of the charts: the axis range a metric's chart is drawn on, or None
+    (free range).
+
+    A metric is bounded when its kind is one of :data:`BOUNDED_KINDS` (the sub-result after the last
+    ``/``, e.g. ``prdc-deepbet/recall``, ``conformance/sex_accuracy``; the base name before ``-``, e.g.
+    ``memorization-deepbet``, ``ms_ssim_diversity``; or the family) — range ``[0, 1]`` — or a
+    correlation (a sub-result ending in ``_r``, e.g. ``conformance/age_r``) — range ``[-1, 1]`` —
+    AND every given value (the runs' values and the floor) lies inside that range.
 
     Args:
-        table: The table whose run rows are plotted.
+        key: Metric key.
+        family: Metric family, if recorded.
+        values: The plotted values and the floor (None entries are ignored).
+
+    Returns:
+        ``(low, high)`` or None.
+    """
+    name = key.lower()
+    last = name.rsplit("/", 1)[-1]
+    base = name.split("/", 1)[0].split("-", 1)[0]
+    fam = (family or "").lower()
+
+    def kind(part: str) -> bool:
+        return any(part == k or part.startswith(k + "_") or part.endswith("_" + k) for k in BOUNDED_KINDS)
+
+    if "/" in name and last.endswith("_r"):
+        lo, hi = -1.0, 1.0
+    elif kind(last) or kind(base) or (fam in BOUNDED_KINDS or fam.startswith("ms_ssim")):
+        lo, hi = 0.0, 1.0
+    else:
+        return None
+    vals = [v for v in values if v is not None]
+    if not vals or any(not (lo <= v <= hi) for v in vals):
+        return None
+    return (lo, hi)
+
+
+def unique_labels(labels: Sequence[Any], limit: int = _LABEL_CHARS) -> list[str]:
+    """Shorten labels to ``limit`` characters without ever making two of them equal (plotly merges
+    bars whose category labels are equal): a clash gets a `` #2``, `` #3`` ... suffix within the limit.
+
+    Args:
+        labels: Raw labels (not yet escaped).
+        limit: Maximum length.
+
+    Returns:
+        Distinct labels, same order.
+    """
+    def cut(s: str, n: int) -> str:
+        return s if len(s) <= n else s[: max(1, n - 1)] + "…"
+
+    out: list[str] = []
+    used: set[str] = set()
+    for raw in labels:
+        s = cut(str(raw), limit)
+        i = 1
+        while s in used:
+            i += 1
+            suffix = f" #{i}"
+            s = cut(str(raw), limit - len(suffix)) + suffix
+        used.add(s)
+        out.append(s)
+    return out
+
+
+def metric_figure(table: Table, column: Column) -> dict:
+    """One metric of a leaderboard: one bar per run (unique labels, ``barmode: group``), whiskers
+    from the confidence interval, the real-vs-real floor as a horizontal dashed line, and the y axis
+    fixed to the metric's bounds when it has them (:func:`metric_bounds`).
+
+    Args:
+        table: The table whose run rows are plotted (in ranking order).
         column: The metric column.
 
     Returns:
         A plotly figure dict.
     """
     rows = [r for r in table.run_rows if r.cells[column.key].value is not None]
-    labels = [plot_text(r.label, _LABEL_CHARS) for r in rows]
+    labels = [plot_text(s) for s in unique_labels([r.label for r in rows])]
     cells = [r.cells[column.key] for r in rows]
     values = [c.value for c in cells]
     plus = [(c.ci_high - c.value) if c.has_ci else 0 for c in cells]
     minus = [(c.value - c.ci_low) if c.has_ci else 0 for c in cells]
     hover = [f"{plot_text(r.label)}<br>{plot_text(c.text())}"
              + (f"<br>CI [{fmt_number(c.ci_low)}, {fmt_number(c.ci_high)}]" if c.has_ci else "")
-             + (f"<br>n={c.n}" if c.n is not None else "") for r, c in zip(rows, cells)]
+             + (f"<br>{c.ratio_text()} floor" if c.ratio_text() else "")
+             + (f"<br>n={c.n}" if c.n is not None else "")
+             + (f"<br>role: {plot_text(r.role)}" if r.role else "")
+             + (f"<br>{plot_text(r.gate_note)}" if r.gate_note else "") for r, c in zip(rows, cells)]
+    colors = [_BEST if c.is_best else (_GATED if not r.may_star else _BAR) for r, c in zip(rows, cells)]
     bar = {
-        "type": "bar", "orientation": "h", "x": values, "y": labels,
-        "marker": {"color": [_BEST if c.is_best else _BAR for c in cells]},
-        "error_x": {"type": "data", "symmetric": False, "array": plus, "arrayminus": minus,
+        "type": "bar", "x": labels, "y": values,
+        "marker": {"color": colors, "line": {"color": "#555", "width": [0 if r.may_star else 1 for r in rows]}},
+        "error_y": {"type": "data", "symmetric": False, "array": plus, "arrayminus": minus,
                     "color": "#222", "thickness": 1.2, "width": 4},
         "hovertext": hover, "hoverinfo": "text", "name": plot_text(column.key),
     }
-    data: list[dict] = [bar]
     shapes, annotations = [], []
     floor = table.floor_row.cells[column.key].value if table.floor_row else None
     if floor is not None:
-        shapes.append({"type": "line", "xref": "x", "yref": "paper", "x0": floor, "x1": floor,
-                       "y0": 0, "y1": 1, "line": {"color": _FLOOR, "width": 1.5, "dash": "dash"}})
-        annotations.append({"xref": "x", "yref": "paper", "x": floor, "y": 1.0, "yanchor": "bottom",
-                            "text": f"floor {fmt_number(floor, 3)}", "showarrow": False,
+        shapes.append({"type": "line", "xref": "paper", "yref": "y", "x0": 0, "x1": 1, "y0": floor, "y1": floor,
+                       "line": {"color": _FLOOR, "width": 1.5, "dash": "dash"}})
+        annotations.append({"xref": "paper", "yref": "y", "x": 1.0, "y": floor, "xanchor": "right",
+                            "yanchor": "bottom", "text": f"floor {fmt_number(floor, 3)}", "showarrow": False,
                             "font": {"size": 10, "color": _FLOOR}})
+    yaxis: dict[str, Any] = {"zeroline": True, "zerolinecolor": "#999", "gridcolor": "#eee", "automargin": True}
+    bounds = metric_bounds(column.key, column.family, values + [floor])
+    if bounds is not None:
+        yaxis["range"] = list(bounds)
+        yaxis["autorange"] = False
     title = f"<b>{plot_text(column.key)}</b> {column.arrow}"
-    height = 96 + 24 * max(1, len(rows))
+    height = 300 if len(rows) <= 6 else 300 + 12 * (len(rows) - 6)
     layout = _layout(title, height, shapes=shapes, annotations=annotations,
                      margin={"l": 10, "r": 20, "t": 46, "b": 30},
-                     xaxis={"zeroline": True, "zerolinecolor": "#999", "gridcolor": "#eee",
-                            "automargin": True},
-                     yaxis={"automargin": True, "autorange": "reversed"},
-                     bargap=0.35)
-    return {"data": data, "layout": layout, "config": {"displayModeBar": False}}
+                     xaxis={"type": "category", "automargin": True, "tickangle": -30},
+                     yaxis=yaxis, barmode="group", bargap=0.35)
+    return {"data": [bar], "layout": layout, "config": {"displayModeBar": False}}
 
 
-def table_figures(table: Table) -> list[dict]:
-    """One figure per metric column of a table (columns without any value are skipped)."""
-    return [metric_figure(table, c) for c in table.columns
+def table_figures(table: Table, columns: Sequence[Column] | None = None) -> list[dict]:
+    """One figure per metric column of a table (default: all columns; columns without any value are
+    skipped)."""
+    cols = table.columns if columns is None else columns
+    return [metric_figure(table, c) for c in cols
             if any(r.cells[c.key].value is not None for r in table.run_rows)]
 
 

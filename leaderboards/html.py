@@ -1,5 +1,10 @@
-"""Static, self-contained HTML site: an index with one leaderboard per suite/reference and one
-provenance page per run.
+"""Static, self-contained HTML site: an index with one leaderboard per set of comparable runs (same
+suite and version, number of prompts, reference cohort and grid), one provenance page per run and,
+when a metric validation report is given, ``validation.html`` (the metric report cards).
+
+Each leaderboard leads with its headline metrics per axis (value, CI and ``×floor``, marked when the
+run is outside the real-vs-real floor or, suspiciously, better than real data); the full metric
+table and the charts of the other metrics are one click away (``<details>``).
 
 Pages use inline CSS and interactive plotly charts drawn by one shared ``assets/plotly.min.js``
 (written once per site from the plotly wheel, referenced with a relative ``<script src>``); figure
@@ -20,8 +25,10 @@ import jinja2
 
 from .artefacts import RunArtefacts, collect
 from .charts import PLOTLY_ASSET, figure_json, table_figures, write_plotly_js
+from . import verdicts
 from .records import (
     MISSING,
+    VERSUS_TEXT,
     Table,
     build_tables,
     fmt_number,
@@ -30,6 +37,7 @@ from .records import (
     reference_of,
     to_float,
 )
+from .validation import VALIDATION_PAGE, as_validation, blind_text, validation_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +97,9 @@ def _metric_rows(record: dict) -> list[dict]:
         details_text = _pretty(details) if details else ""
         if len(details_text) > _MAX_DETAILS_CHARS:
             details_text = details_text[:_MAX_DETAILS_CHARS] + "\n… (truncated)"
-        hib = entry.get("higher_is_better")
+        d = verdicts.direction(entry)
+        ratio = verdicts.ratio_to_floor(entry)
+        versus = verdicts.versus_floor(entry)
         out.append({
             "key": key,
             "value": fmt_number(to_float(entry.get("value"))),
@@ -99,7 +109,10 @@ def _metric_rows(record: dict) -> list[dict]:
                    and to_float(entry.get("ci_high")) is not None else MISSING),
             "floor": fmt_number(to_float(entry.get("floor"))),
             "n": entry.get("n") if entry.get("n") is not None else MISSING,
-            "arrow": "" if not isinstance(hib, bool) else ("↑" if hib else "↓"),
+            "arrow": {"higher": "↑", "lower": "↓", "target": "target: real"}.get(d or "", ""),
+            "ratio": "" if ratio is None else f"×{fmt_number(ratio, 3)}",
+            "versus": versus or "",
+            "versus_title": VERSUS_TEXT.get(versus or "", ""),
             "warnings": [str(w) for w in (entry.get("warnings") or [])],
             "error": details.get("error"),
             "description": entry.get("description") or "",
@@ -132,7 +145,12 @@ def _provenance(rec: dict) -> list[tuple[str, str]]:
     gen = rec.get("generator") if isinstance(rec.get("generator"), dict) else {}
     ref = reference_of(rec)
     env = rec.get("environment") if isinstance(rec.get("environment"), dict) else {}
-    rows = [("Generator", f"{gen.get('name')} {format_args(gen.get('args') or {})}".strip())]
+    rows = [("Generator", f"{gen.get('name')} {format_args(gen.get('args') or {})}".strip()),
+            ("Role", verdicts.role(rec))]
+    gate, reason = verdicts.memorisation_gate(rec)
+    rows.append(("Memorisation gate", {True: "passed", False: "FAILED (never starred)", None: "not measured"}[gate]
+                 + f": {reason}"))
+    rows.append(("Prompts (N)", str(verdicts.n_of(rec))))
     hashes = _hashes(gen.get("info"))
     rows += [(f"Checkpoint {k}", v) for k, v in hashes] or [("Checkpoint hash", "none recorded")]
     rows.append(("Reference cohort", f"{ref.get('name')} — content hash {ref.get('content_hash') or 'unknown'}"))
@@ -156,22 +174,33 @@ def _provenance(rec: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def _figures(anchor: str, table: Table, columns, offset: int = 0) -> list[dict]:
+    return [{"id": f"{anchor}-chart-{offset + j + 1}", "json": figure_json(f)}
+            for j, f in enumerate(table_figures(table, columns))]
+
+
 def write_site(records: Iterable[dict], out_dir: str | Path,
-               run_dirs: dict[int, Path] | None = None) -> Path:
-    """Write ``index.html``, ``runs/<run_id>.html`` (+ ``runs/<run_id>/*.png``) and
-    ``assets/plotly.min.js`` for a set of run records.
+               run_dirs: dict[int, Path] | None = None,
+               validation: dict | str | Path | None = None) -> Path:
+    """Write ``index.html``, ``runs/<run_id>.html`` (+ ``runs/<run_id>/*.png``),
+    ``assets/plotly.min.js`` and, with a validation report, ``validation.html``.
 
     Args:
         records: Run records (as from :func:`leaderboards.records.load_records`).
         out_dir: Output directory (created if needed).
         run_dirs: ``id(record)`` to its run folder, for the samples, cohort images and explain
             maps shown on run pages; runs without one get pages from the record alone.
+        validation: The metric validation report (the parsed ``validation.json`` written by
+            ``python -m bench validate``, or its path), or None. When given, each headline metric
+            says what its report card misses ("blind to: ..."), and ``validation.html`` (linked from
+            the index) shows the whole matrix.
 
     Returns:
         Path of the written ``index.html``.
     """
     records = list(records)
     run_dirs = run_dirs or {}
+    validation = as_validation(validation)
     out_dir = Path(out_dir)
     runs_out = out_dir / "runs"
     runs_out.mkdir(parents=True, exist_ok=True)
@@ -183,20 +212,29 @@ def write_site(records: Iterable[dict], out_dir: str | Path,
     items = []
     for i, t in enumerate(tables):
         anchor = _table_anchor(i)
-        figs = [{"id": f"{anchor}-chart-{j + 1}", "json": figure_json(f)}
-                for j, f in enumerate(table_figures(t))]
-        items.append({"t": t, "anchor": anchor, "figures": figs})
+        head_cols = [c for _, c in t.headline_columns]
+        other_cols = [c for c in t.columns if c not in head_cols]
+        head_figs = _figures(anchor, t, head_cols)
+        items.append({"t": t, "anchor": anchor, "headline_figures": head_figs,
+                      "other_figures": _figures(anchor, t, other_cols, len(head_figs)),
+                      "blind": {c.key: blind_text(validation, c.key) for c in head_cols}})
+    validation_path = out_dir / VALIDATION_PAGE
+    if validation is not None:
+        html = env.get_template("validation.html").render(v=validation_matrix(validation), plotly_src=None)
+        validation_path.write_text(html, encoding="utf-8")
+    elif validation_path.is_file():  # stale page of an earlier build with a report
+        validation_path.unlink()
     index = env.get_template("index.html").render(
         tables=items,
         pages=pages,
         n_runs=len(records),
         any_synthetic=any(t.synthetic for t in tables),
         plotly_src=PLOTLY_ASSET,
+        validation_page=VALIDATION_PAGE if validation is not None else None,
         id=id,
     )
     index_path = out_dir / "index.html"
     index_path.write_text(index, encoding="utf-8")
-
     run_tpl = env.get_template("run.html")
     for rec in records:
         page = pages[id(rec)]

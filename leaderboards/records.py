@@ -2,7 +2,9 @@
 
 This module reads ``record.json`` files only; it never imports ``bench``, ``generators`` or
 ``metrics``. Every renderer (HTML, markdown, CSV) works from the plain data built here, so the
-decisions about grouping, labelling, floors and "best" live in one place.
+decisions about grouping, labelling, floors and "best" live in one place; what a number *means*
+(direction, × floor, the memorisation gate, which runs are comparable) is decided by
+:mod:`leaderboards.verdicts`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
+
+from . import verdicts
 
 logger = logging.getLogger(__name__)
 
@@ -212,34 +216,54 @@ class Column:
 
     Attributes:
         key: Metric key in the record (``"fid"``, ``"histogram/w1"``).
-        higher_is_better: Direction, or None when the records do not say.
+        higher_is_better: ``True``/``False`` for ``higher``/``lower`` metrics, None for ``target``
+            metrics and when the records do not say.
         description: Human description of the metric (first non-empty one seen).
         family: Metric family, if recorded.
+        direction: ``"higher"``, ``"lower"``, ``"target"`` (closest to the real-vs-real floor is best)
+            or None (unknown); derived from ``higher_is_better`` when not given.
+        axis: Headline axis of the metric (``realism``, ``diversity``, ...), ``""`` if not recorded.
     """
 
     key: str
     higher_is_better: bool | None = None
     description: str = ""
     family: str = ""
+    direction: str | None = None
+    axis: str = ""
+
+    def __post_init__(self) -> None:
+        if self.direction is None and self.higher_is_better is not None:
+            object.__setattr__(self, "direction", "higher" if self.higher_is_better else "lower")
+        if self.direction == "target":
+            object.__setattr__(self, "higher_is_better", None)
 
     @property
     def arrow(self) -> str:
-        """``"↑"`` (higher is better), ``"↓"`` (lower is better) or ``""`` (unknown)."""
-        if self.higher_is_better is None:
-            return ""
-        return "↑" if self.higher_is_better else "↓"
+        """``"↑"`` (higher is better), ``"↓"`` (lower is better), ``"target: real"`` (the floor is the
+        target) or ``""`` (unknown)."""
+        return {"higher": "↑", "lower": "↓", "target": "target: real"}.get(self.direction or "", "")
 
     @property
     def direction_text(self) -> str:
         """Plain-words direction for captions and tooltips."""
-        if self.higher_is_better is None:
-            return "direction unknown"
-        return "higher is better" if self.higher_is_better else "lower is better"
+        return {"higher": "higher is better", "lower": "lower is better",
+                "target": "closest to the real-vs-real value (the floor) is best"}.get(
+                    self.direction or "", "direction unknown")
+
+
+#: Human meaning of :func:`leaderboards.verdicts.versus_floor`, for tooltips and legends.
+VERSUS_TEXT = {
+    "at floor": "within the real-vs-real floor (intervals overlap): as good as real data",
+    "worse": "outside the real-vs-real floor, on the worse side",
+    "better": ("better than real data (outside the floor, on the better side): suspicious; the metric "
+               "may be blind to something, or the run may copy training data"),
+}
 
 
 @dataclass
 class Cell:
-    """A value with an optional confidence interval.
+    """A value with an optional confidence interval and its standing against the floor.
 
     Attributes:
         value: The finite value, or None when missing / failed / NaN.
@@ -249,7 +273,11 @@ class Cell:
         floor: Real-vs-real floor recorded with this metric, or None.
         warnings: Warnings recorded with the metric.
         error: Error message when the metric failed (``details.error``).
-        is_best: Whether this is the best run value of its column.
+        is_best: Whether this is the best value of its column among the runs that may be starred.
+        ratio: ``value / floor`` (:func:`leaderboards.verdicts.ratio_to_floor`), or None.
+        versus: ``"at floor"``, ``"worse"``, ``"better"`` (:func:`leaderboards.verdicts.versus_floor`)
+            or None.
+        badness: Ranking number, smaller is better (:func:`leaderboards.verdicts.badness`), or None.
     """
 
     value: float | None = None
@@ -260,6 +288,9 @@ class Cell:
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
     is_best: bool = False
+    ratio: float | None = None
+    versus: str | None = None
+    badness: float | None = None
 
     @property
     def missing(self) -> bool:
@@ -296,11 +327,28 @@ class Cell:
         """``"0.012 ± 0.0025"``, ``"0.71 [0.6, 0.9]"``, ``"0.5"`` or ``"—"``."""
         if self.value is None:
             return MISSING
-        if not self.has_ci:
-            return fmt_number(self.value)
-        if self.symmetric_ci:
-            return f"{fmt_number(self.value)} ± {fmt_number((self.ci_high - self.ci_low) / 2, 2)}"
-        return f"{fmt_number(self.value)} [{fmt_number(self.ci_low)}, {fmt_number(self.ci_high)}]"
+        ci = self.ci_text()
+        return f"{fmt_number(self.value)} {ci}" if ci else fmt_number(self.value)
+
+    def ratio_text(self) -> str:
+        """The value against the floor, ``"×0.16"`` (1.0 = real data), or ``""`` when undefined."""
+        if self.value is None or self.ratio is None:
+            return ""
+        return f"×{fmt_number(self.ratio, 3)}"
+
+    def versus_mark(self) -> str:
+        """A one-character mark for plain text: ``"✗"`` (worse than the floor), ``"⚠"`` (better than
+        real data: suspicious) or ``""``."""
+        return {"worse": "✗", "better": "⚠"}.get(self.versus or "", "")
+
+    def versus_title(self) -> str:
+        """Tooltip text for the ``×floor`` figure."""
+        if self.value is None or self.floor is None:
+            return "no real-vs-real floor recorded"
+        head = (f"{self.ratio_text()} = value / real-vs-real floor ({fmt_number(self.floor)}); ×1 is real data"
+                if self.ratio is not None else f"floor {fmt_number(self.floor)} (ratio undefined)")
+        why = VERSUS_TEXT.get(self.versus or "")
+        return f"{head}. {why[0].upper() + why[1:]}." if why else head
 
 
 @dataclass
@@ -316,6 +364,11 @@ class Row:
         args: Generator args (None for the floor row).
         seed: Seed of the run, if recorded.
         record: The source record (None for the floor row).
+        role: Generator role (:func:`leaderboards.verdicts.role`; ``""`` for the floor row).
+        gate: Memorisation gate (:func:`leaderboards.verdicts.memorisation_gate`): True passed,
+            False failed, None not measured.
+        gate_reason: The gate's reason, in words.
+        n: Number of prompts the run was scored on.
     """
 
     label: str
@@ -326,16 +379,32 @@ class Row:
     args: Any = None
     seed: Any = None
     record: dict | None = field(default=None, repr=False, compare=False)
+    role: str = ""
+    gate: bool | None = None
+    gate_reason: str = ""
+    n: int | None = None
 
     @property
     def is_floor(self) -> bool:
         """True for the real-vs-real row."""
         return self.kind == "floor"
 
+    @property
+    def may_star(self) -> bool:
+        """Whether the run may get a best marker: a run, not failing the memorisation gate and not a
+        memorising baseline (a run without a memorisation metric may)."""
+        return not self.is_floor and self.gate is not False and self.role != "memorising baseline"
+
+    @property
+    def gate_note(self) -> str:
+        """``"memorisation: <reason>"`` for runs that fail the gate, else ``""``."""
+        return f"memorisation: {self.gate_reason}" if self.gate is False else ""
+
 
 @dataclass
 class Table:
-    """One leaderboard: all runs of one suite against one reference cohort.
+    """One leaderboard: the runs that may be ranked together (:func:`leaderboards.verdicts.comparability`:
+    same suite name and version, number of prompts, reference cohort and grid).
 
     Attributes:
         suite: Suite name.
@@ -343,9 +412,15 @@ class Table:
         reference_hash: Reference content hash ("" if unknown).
         synthetic: Whether the reference is synthetic (any run says so).
         reference_label: Reference label from the record (e.g. "SYNTHETIC phantom — not real MRI").
-        columns: Metric columns in display order.
-        rows: Run rows (best first on the primary column) followed by the floor row, if any.
-        notes: Caveats found while building (differing floors, mixed suite versions, ...).
+        columns: All metric columns in the preferred order (the full table).
+        rows: Run rows (best first on the ranking column) followed by the floor row, if any.
+        notes: Caveats found while building (e.g. one line when floors differ across runs).
+        version: Suite version.
+        n: Number of prompts of every run in the table.
+        grid: Grid name.
+        headline: ``{axis: [metric keys]}`` the table leads with (axes in display order).
+        rank_key: Key of the column the rows are ranked on (None: no column with a direction).
+        comparability: What every run of the table shares (:func:`leaderboards.verdicts.comparability`).
     """
 
     suite: str
@@ -356,12 +431,20 @@ class Table:
     columns: list[Column]
     rows: list[Row]
     notes: list[str] = field(default_factory=list)
+    version: str = ""
+    n: int | None = None
+    grid: str = ""
+    headline: dict[str, list[str]] = field(default_factory=dict)
+    rank_key: str | None = None
+    comparability: dict[str, str] = field(default_factory=dict)
 
     @property
     def title(self) -> str:
-        """Human title, e.g. ``"quick · phantom (ab12cd34ef56)"``."""
+        """Human title, e.g. ``"quick v1 · N=16 · 3mm · phantom (ab12cd34ef56)"``."""
         short = f" ({self.reference_hash[:12]})" if self.reference_hash else ""
-        return f"{self.suite} · {self.reference}{short}"
+        version = f" v{self.version}" if self.version else ""
+        grid = f" · {self.grid}" if self.grid else ""
+        return f"{self.suite}{version} · N={self.n if self.n is not None else '?'}{grid} · {self.reference}{short}"
 
     @property
     def run_rows(self) -> list[Row]:
@@ -373,6 +456,18 @@ class Table:
         """The real-vs-real row, if any floor was recorded."""
         return next((r for r in self.rows if r.is_floor), None)
 
+    def column(self, key: str) -> Column | None:
+        """The column of a metric key, or None."""
+        return next((c for c in self.columns if c.key == key), None)
+
+    @property
+    def headline_columns(self) -> list[tuple[str, Column]]:
+        """``(axis, column)`` of the headline metrics, axes in display order."""
+        out = []
+        for axis, keys in self.headline.items():
+            out += [(axis, c) for c in (self.column(k) for k in keys) if c is not None]
+        return out
+
 
 def _cell_from_metric(entry: Any) -> Cell:
     if not isinstance(entry, dict):
@@ -383,14 +478,18 @@ def _cell_from_metric(entry: Any) -> Cell:
         warnings = [str(warnings)]
     n = entry.get("n")
     error = details.get("error")
+    value = to_float(entry.get("value"))
     return Cell(
-        value=to_float(entry.get("value")),
+        value=value,
         ci_low=to_float(entry.get("ci_low")),
         ci_high=to_float(entry.get("ci_high")),
         n=n if isinstance(n, int) and not isinstance(n, bool) else None,
         floor=to_float(entry.get("floor")),
         warnings=[str(w) for w in warnings],
         error=str(error) if error is not None else None,
+        ratio=verdicts.ratio_to_floor(entry),
+        versus=verdicts.versus_floor(entry),
+        badness=verdicts.badness(entry) if value is not None else None,
     )
 
 
@@ -398,12 +497,14 @@ def _columns(records: list[dict]) -> list[Column]:
     seen: dict[str, dict[str, Any]] = {}
     for rec in records:
         for key, entry in rec["metrics"].items():
-            info = seen.setdefault(key, {"dirs": [], "description": "", "family": ""})
+            info = seen.setdefault(key, {"dirs": [], "axes": [], "description": "", "family": ""})
             if not isinstance(entry, dict):
                 continue
-            hib = entry.get("higher_is_better")
-            if isinstance(hib, bool):
-                info["dirs"].append(hib)
+            d = verdicts.direction(entry)
+            if d is not None:
+                info["dirs"].append(d)
+            if isinstance(entry.get("axis"), str) and entry["axis"]:
+                info["axes"].append(entry["axis"])
             if not info["description"] and isinstance(entry.get("description"), str):
                 info["description"] = entry["description"]
             if not info["family"] and isinstance(entry.get("family"), str):
@@ -411,15 +512,14 @@ def _columns(records: list[dict]) -> list[Column]:
     columns = []
     for key, info in seen.items():
         dirs = info["dirs"]
-        hib: bool | None = None
+        d: str | None = None
         if dirs:
-            hib = dirs[0]
+            d = max(dict.fromkeys(dirs), key=dirs.count)
             if len(set(dirs)) > 1:
-                hib = max(set(dirs), key=dirs.count)
-                logger.warning(
-                    "metric %r has conflicting higher_is_better across runs; using %s", key, hib
-                )
-        columns.append(Column(key, hib, info["description"], info["family"]))
+                logger.warning("metric %r has conflicting directions across runs; using %s", key, d)
+        hib = {"higher": True, "lower": False}.get(d or "")
+        axis = info["axes"][0] if info["axes"] else ""
+        columns.append(Column(key, hib, info["description"], info["family"], d, axis))
     columns.sort(key=lambda c: metric_sort_key(c.key, c.family))
     return columns
 
@@ -442,58 +542,100 @@ def _label_rows(rows: list[Row]) -> None:
             else:
                 suffix = f"seed {row.seed}, {row.run_id}"
             row.label = f"{row.label} [{suffix}]"
+    # still equal (e.g. "a (k=1)" with args vs a generator literally named so): add the run id
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.label] = counts.get(row.label, 0) + 1
+    for row in rows:
+        if counts[row.label] > 1:
+            row.label = f"{row.label} [{row.run_id}]"
 
 
 def _mark_best(columns: list[Column], rows: list[Row]) -> None:
+    """Star the best value per column among the runs that may be starred (:attr:`Row.may_star`),
+    by :func:`leaderboards.verdicts.badness` (ties share the star)."""
+    eligible = [r for r in rows if r.may_star]
     for col in columns:
-        if col.higher_is_better is None:
+        scores = [r.cells[col.key].badness for r in eligible if r.cells[col.key].badness is not None]
+        if not scores:
             continue
-        vals = [r.cells[col.key].value for r in rows if r.cells[col.key].value is not None]
-        if not vals:
-            continue
-        best = max(vals) if col.higher_is_better else min(vals)
-        for r in rows:
-            if r.cells[col.key].value == best:
+        best = min(scores)
+        tol = 1e-12 * max(1.0, abs(best))
+        for r in eligible:
+            b = r.cells[col.key].badness
+            if b is not None and abs(b - best) <= tol:
                 r.cells[col.key].is_best = True
 
 
-def _floor_row(columns: list[Column], rows: list[Row], notes: list[str]) -> Row | None:
+def _floor_row(columns: list[Column], rows: list[Row], records: list[dict], notes: list[str]) -> Row | None:
+    """The real-vs-real row: the mean of the runs' floors per metric, and ONE note when they differ."""
     cells: dict[str, Cell] = {}
+    differ: list[str] = []
     any_floor = False
     for col in columns:
-        floors = [r.cells[col.key].floor for r in rows if r.cells[col.key].floor is not None]
+        pairs = [(r.cells[col.key].floor, r) for r in rows if r.cells[col.key].floor is not None]
+        floors = [f for f, _ in pairs]
         if not floors:
             cells[col.key] = Cell()
             continue
         any_floor = True
         mean = sum(floors) / len(floors)
         lo, hi = min(floors), max(floors)
+        cell = Cell(value=mean, n=len(floors))
         if hi - lo > _FLOOR_RTOL * max(1.0, abs(mean)):
-            msg = (
-                f"floor of {col.key!r} differs across runs ({fmt_number(lo)} to {fmt_number(hi)}); "
-                f"showing the mean of {len(floors)}"
-            )
-            notes.append(msg)
-            logger.warning("%s", msg)
-        cells[col.key] = Cell(value=mean, n=len(floors))
+            differ.append(col.key)
+        else:  # one floor: show its bootstrap interval when recorded
+            rec = pairs[0][1].record or {}
+            ci = verdicts.floor_ci(rec.get("metrics", {}).get(col.key) or {})
+            if ci is not None:
+                cell.ci_low, cell.ci_high = ci
+        cells[col.key] = cell
+    if differ:
+        seeds = sorted({json.dumps(r.get("seed")) for r in records})
+        why = ("different seeds: " + ", ".join(seeds)) if len(seeds) > 1 else "same seed"
+        notes.append(
+            f"floors differ across runs for {len(differ)} metric{'s' if len(differ) != 1 else ''} ({why}); "
+            f"the floor row shows their mean ({', '.join(differ[:4])}{', …' if len(differ) > 4 else ''})")
     if not any_floor:
         return None
     return Row(label=FLOOR_LABEL, kind="floor", cells=cells)
 
 
-def _rank_rows(columns: list[Column], rows: list[Row]) -> list[Row]:
-    """Order rows best-first on the first column with a direction; missing values last."""
-    primary = next((c for c in columns if c.higher_is_better is not None), None)
+def _table_headline(records: list[dict], columns: list[Column]) -> dict[str, list[str]]:
+    """The table's headline: the union of its records' :func:`leaderboards.verdicts.headline` (axis
+    order kept); records that name none at all lead with their first column that has a direction."""
+    out: dict[str, list[str]] = {}
+    for rec in records:
+        for axis, keys in verdicts.headline(rec).items():
+            lst = out.setdefault(axis, [])
+            lst += [k for k in keys if k not in lst]
+    if not out:
+        first = next((c for c in columns if c.direction is not None), None)
+        if first is not None:
+            out[first.axis if first.axis in verdicts.AXES else "realism"] = [first.key]
+    return {axis: out[axis] for axis in verdicts.AXES if axis in out}
 
-    def key(row: Row) -> tuple:
-        if primary is None:
-            return (0, 0.0, row.label, row.run_id or "")
-        v = row.cells[primary.key].value
-        if v is None:
-            return (1, 0.0, row.label, row.run_id or "")
-        return (0, -v if primary.higher_is_better else v, row.label, row.run_id or "")
 
-    return sorted(rows, key=key)
+def _rank_key(columns: list[Column], headline: dict[str, list[str]]) -> str | None:
+    """The ranking column: the first headline realism metric (else the first headline metric, else
+    the first column with a direction)."""
+    with_dir = {c.key for c in columns if c.direction is not None}
+    for key in headline.get("realism", []) + [k for keys in headline.values() for k in keys]:
+        if key in with_dir:
+            return key
+    return next((c.key for c in columns if c.direction is not None), None)
+
+
+def _rank_rows(columns: list[Column], rows: list[Row], primary: str | None) -> list[Row]:
+    """Order rows best-first by :func:`leaderboards.verdicts.badness` on ``primary`` (target metrics by
+    their distance to the floor); runs without a value follow, ordered on the first other column."""
+    fallback = next((c.key for c in columns if c.direction is not None and c.key != primary), None)
+
+    def score(row: Row, key: str | None) -> tuple[int, float]:
+        b = row.cells[key].badness if key is not None else None
+        return (1, 0.0) if b is None else (0, b)
+
+    return sorted(rows, key=lambda r: (score(r, primary), score(r, fallback), r.label, r.run_id or ""))
 
 
 def _build_table(records: list[dict]) -> Table:
@@ -510,33 +652,28 @@ def _build_table(records: list[dict]) -> Table:
         for c in columns:  # a metric a run does not have is simply missing, not an error
             if c.key not in rec["metrics"]:
                 cells[c.key] = Cell()
+        gate, reason = verdicts.memorisation_gate(rec)
         rows.append(
             Row(label=label, kind="run", cells=cells, run_id=rec["run_id"], generator=gen["name"],
-                args=args, seed=rec.get("seed"), record=rec)
+                args=args, seed=rec.get("seed"), record=rec, role=verdicts.role(rec), gate=gate,
+                gate_reason=reason, n=verdicts.n_of(rec))
         )
     _label_rows(rows)
     _mark_best(columns, rows)
-    rows = _rank_rows(columns, rows)
-
-    versions = sorted({str(r["suite"].get("version")) for r in records})
-    if len(versions) > 1:
-        notes.append(f"runs come from different suite versions ({', '.join(versions)}); "
-                     "compare with care")
-    grids = sorted({json.dumps(r["suite"].get("grid"), sort_keys=True) for r in records})
-    if len(grids) > 1:
-        notes.append("runs use different grids; compare with care")
-    seeds = sorted({json.dumps(r.get("seed")) for r in records})
-    floor = _floor_row(columns, rows, notes)
+    headline = _table_headline(records, columns)
+    primary = _rank_key(columns, headline)
+    rows = _rank_rows(columns, rows, primary)
+    floor = _floor_row(columns, rows, records, notes)
     if floor is not None:
-        if len(seeds) > 1:
-            notes.append("floors are from runs with different seeds: " + ", ".join(seeds))
         rows.append(floor)
 
     synthetic = any(bool(reference_of(r).get("synthetic")) for r in records)
     label = next((reference_of(r).get("label") for r in records
                   if isinstance(reference_of(r).get("label"), str)), "")
+    suite = records[0]["suite"]
+    grid = suite.get("grid")
     return Table(
-        suite=records[0]["suite"]["name"],
+        suite=suite["name"],
         reference=str(first_ref.get("name") or "unknown"),
         reference_hash=str(first_ref.get("content_hash") or ""),
         synthetic=synthetic,
@@ -544,31 +681,51 @@ def _build_table(records: list[dict]) -> Table:
         columns=columns,
         rows=rows,
         notes=notes,
+        version=str(suite.get("version")) if suite.get("version") is not None else "",
+        n=verdicts.n_of(records[0]),
+        grid=str(grid.get("name") or "") if isinstance(grid, dict) else "",
+        headline=headline,
+        rank_key=primary,
+        comparability=verdicts.comparability(records[0]),
     )
 
 
-def table_key(record: dict) -> tuple[str, str, str]:
-    """Grouping key of a record: (suite name, reference name, reference content hash)."""
-    ref = reference_of(record)
-    return (record["suite"]["name"], str(ref.get("name") or "unknown"), str(ref.get("content_hash") or ""))
+def table_key(record: dict) -> tuple[str, ...]:
+    """Grouping key of a record: the values of :func:`leaderboards.verdicts.comparability` (suite
+    name and version, number of prompts, reference name and content hash, grid)."""
+    return tuple(verdicts.comparability(record).values())
+
+
+def _table_order(record: dict) -> tuple:
+    suite = record["suite"]
+    n = verdicts.n_of(record)
+    return (str(suite.get("name")), str(suite.get("version")), n if n is not None else -1,
+            str(reference_of(record).get("name") or "unknown"), str(reference_of(record).get("content_hash") or ""),
+            table_key(record))
 
 
 def build_tables(records: Iterable[dict]) -> list[Table]:
-    """Group records into leaderboard tables.
+    """Group records into leaderboard tables of comparable runs.
 
-    One table per (suite name, reference name + content hash). Rows are runs (best first on the
-    first column with a known direction) plus a trailing ``"real vs real (floor)"`` row built from
-    the recorded floors (their mean, with a note if they differ). Columns are the union of metric
-    keys in a stable preferred order; the best run value per column is marked, respecting the
-    metric's direction (the floor row never counts as best).
+    One table per :func:`leaderboards.verdicts.comparability` key (suite name + version, number of
+    prompts N, reference name + content hash, grid): runs scored on N=8 and N=16 prompts never share
+    a ranking. Rows are runs, best first by :func:`leaderboards.verdicts.badness` on the first
+    headline realism metric, plus a trailing ``"real vs real (floor)"`` row (the mean of the runs'
+    floors, with one note when they differ). Columns are the union of metric keys in a stable
+    preferred order; the best value per column is marked among the runs that pass the memorisation
+    gate (never a memorising baseline; the floor row never counts).
 
     Args:
         records: Run records as returned by :func:`load_records`.
 
     Returns:
-        Tables sorted by suite, reference name and hash.
+        Tables sorted by suite name, version, N, reference name and hash.
     """
-    groups: dict[tuple[str, str, str], list[dict]] = {}
+    groups: dict[tuple[str, ...], list[dict]] = {}
     for rec in records:
         groups.setdefault(table_key(rec), []).append(rec)
-    return [_build_table(groups[k]) for k in sorted(groups)]
+    tables = [_build_table(g) for g in sorted(groups.values(), key=lambda g: _table_order(g[0]))]
+    for t in tables:
+        for note in t.notes:
+            logger.debug("%s: %s", t.title, note)
+    return tables

@@ -118,6 +118,24 @@ def versus_floor(entry: dict) -> str | None:
     return "better" if above else "worse"
 
 
+def excludes_floor(entry: dict) -> bool:
+    """The report card's detection rule: the value's interval excludes the floor *value* on the worse
+    side (``lower``: ``ci_low > floor``; ``higher``: ``ci_high < floor``; ``target``: the floor lies
+    outside the interval). Without an interval the value itself is used."""
+    v, fl = _f(entry.get("value")), _f(entry.get("floor"))
+    d = direction(entry)
+    if v is None or fl is None or d is None:
+        return False
+    lo, hi = _f(entry.get("ci_low")), _f(entry.get("ci_high"))
+    lo = v if lo is None else min(lo, v)
+    hi = v if hi is None else max(hi, v)
+    if d == "lower":
+        return lo > fl
+    if d == "higher":
+        return hi < fl
+    return not lo <= fl <= hi
+
+
 def headline(record: dict) -> dict[str, list[str]]:
     """``{axis: [metric keys]}`` the record leads with: the suite's ``headline:`` or, for records
     without one, the first existing key of each axis's default list. Keys absent from the record

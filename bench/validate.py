@@ -1,0 +1,180 @@
+"""The metric report card: what each metric of a suite detects, from which level, and what it misses.
+
+``python -m bench validate --suite quick --out DIR`` scores a fixed, seeded ladder of corruptions of
+the suite's caption-matched held-out real volumes (the ``corrupt`` generator, see
+:mod:`generators.corrupt`) through the ordinary runner — the same prompts, features, metrics, floor
+and CIs as any generator — and writes ``DIR/validation.json``:
+
+```
+{"schema_version": 1, "suite": {...}, "reference": {...}, "n": 16, "seed": 0,
+ "corruptions": {kind: {"levels": [l1, l2, l3], "unit": ..., "description": ...}},
+ "floor":   {metric key: {"value", "ci": [lo, hi], "direction"}},
+ "seconds": {metric key: median seconds per run},
+ "metrics": {metric key: {kind: {"levels", "values", "ci": [[lo, hi], ...], "monotone", "detected_at"}}},
+ "headline": {axis: [metric keys]}, "runs": {kind: [run folder per level]}}
+```
+
+* ``monotone``: the metric gets worse (or stays equal) at every step of the ladder, "worse" in the
+  metric's direction (for a target-valued metric: further from the real value).
+* ``detected_at``: the first level (1-based) whose interval excludes the real-vs-real floor on the
+  worse side, or null: the metric does not see this corruption at any level.
+
+Runs live in ``DIR/runs/`` and resume like any run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.cache import atomic_write_json
+from generators.corrupt import CORRUPTIONS
+from leaderboards import verdicts
+
+log = logging.getLogger("braingenbench.validate")
+
+SCHEMA_VERSION = 1
+LEVELS = (1, 2, 3)
+
+
+@dataclass
+class ValidateConfig:
+    """Everything ``python -m bench validate`` takes (CLI flags equal these fields)."""
+
+    suite: str | Path
+    out: Path = Path("validation")
+    reference: str | None = None
+    corruptions: tuple[str, ...] | None = None  # default: every kind of generators.corrupt.CORRUPTIONS
+    seed: int | None = None
+    limit: int | None = None
+    device: str = "auto"
+    resume: bool = True
+    quiet: bool = False
+    executor: str = "local"
+
+
+def check_corruptions(names) -> tuple[str, ...]:
+    """The requested corruption kinds, checked (an error with a suggestion on a typo)."""
+    if not names:
+        return tuple(CORRUPTIONS)
+    import difflib
+
+    out = []
+    for n in names:
+        if n not in CORRUPTIONS:
+            close = difflib.get_close_matches(n, sorted(CORRUPTIONS), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; choose from {', '.join(CORRUPTIONS)}"
+            raise ValueError(f"unknown corruption {n!r}{hint}")
+        out.append(n)
+    return tuple(out)
+
+
+def validate(cfg: ValidateConfig) -> Path:
+    """Run the ladder and write ``cfg.out/validation.json``; returns its path."""
+    from bench.records import load_record
+    from bench.runner import RunConfig, run
+    from bench.suite import load_suite
+
+    kinds = check_corruptions(cfg.corruptions)
+    load_suite(cfg.suite)  # a bad suite fails before any run
+    out = Path(cfg.out)
+    records: dict[str, list[tuple[Path, dict]]] = {}
+    total = len(kinds) * len(LEVELS)
+    for kind in kinds:
+        for level in LEVELS:
+            done = sum(len(v) for v in records.values())
+            log.info("report card: %s level %d (%d of %d runs)", kind, level, done + 1, total)
+            rc = RunConfig(generator="corrupt", suite=cfg.suite, generator_args={"kind": kind, "level": level},
+                           reference=cfg.reference, out=out / "runs", seed=cfg.seed, limit=cfg.limit,
+                           device=cfg.device, resume=cfg.resume, quiet=cfg.quiet, executor=cfg.executor)
+            path = run(rc)
+            records.setdefault(kind, []).append((path.parent, load_record(path)))
+    report = build_report(records)
+    dest = out / "validation.json"
+    atomic_write_json(dest, report)
+    return dest
+
+
+def _worse_or_equal(prev: float | None, cur: float | None) -> bool:
+    return prev is None or cur is None or cur >= prev - 1e-12 * max(1.0, abs(prev))
+
+
+def build_report(records: dict[str, list[tuple[Path, dict]]]) -> dict:
+    """The report card from ``{kind: [(run folder, record) for levels 1..3]}`` (pure: no I/O)."""
+    first = next(rec for runs in records.values() for _, rec in runs)
+    keys: list[str] = []
+    for runs in records.values():
+        for _, rec in runs:
+            keys += [k for k in rec["metrics"] if k not in keys]
+    metrics: dict[str, dict] = {k: {} for k in keys}
+    seconds: dict[str, list[float]] = {k: [] for k in keys}
+    floor: dict[str, dict] = {}
+    for kind, runs in records.items():
+        levels = [float(rec["generator"]["info"]["amount"]) for _, rec in runs]
+        for key in keys:
+            entries = [rec["metrics"].get(key) or {} for _, rec in runs]
+            values = [verdicts._f(e.get("value")) for e in entries]
+            bad = [verdicts.badness(e) for e in entries]
+            detected = next((i + 1 for i, e in enumerate(entries) if verdicts.excludes_floor(e)), None)
+            metrics[key][kind] = {
+                "levels": levels, "values": values,
+                "ci": [[verdicts._f(e.get("ci_low")), verdicts._f(e.get("ci_high"))] for e in entries],
+                "monotone": all(_worse_or_equal(a, b) for a, b in zip(bad, bad[1:])) and None not in bad,
+                "detected_at": detected,
+            }
+            for e in entries:
+                if verdicts._f(e.get("seconds")) is not None:
+                    seconds[key].append(float(e["seconds"]))
+                if key not in floor and verdicts._f(e.get("floor")) is not None:
+                    floor[key] = {"value": float(e["floor"]), "ci": list(verdicts.floor_ci(e) or []) or None,
+                                  "direction": verdicts.direction(e), "axis": e.get("axis"),
+                                  "description": e.get("description", "")}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "suite": first["suite"], "reference": first["reference"], "n": verdicts.n_of(first), "seed": first["seed"],
+        "corruptions": {k: {"levels": list(CORRUPTIONS[k].levels), "unit": CORRUPTIONS[k].unit,
+                            "description": CORRUPTIONS[k].description} for k in records},
+        "floor": floor,
+        "seconds": {k: round(statistics.median(v), 3) for k, v in seconds.items() if v},
+        "metrics": metrics,
+        "headline": verdicts.headline(first),
+        "runs": {k: [str(p) for p, _ in runs] for k, runs in records.items()},
+    }
+
+
+def summary(report: dict) -> str:
+    """A plain-text matrix: metric × corruption, the level first detected (``-`` = never, ``*`` = not
+    monotone)."""
+    kinds = list(report["corruptions"])
+    abbrev = {k: k[:7] for k in kinds}
+    rows = [["metric"] + [abbrev[k] for k in kinds] + ["s/run"]]
+    for key, per in report["metrics"].items():
+        cells = []
+        for k in kinds:
+            c = per.get(k) or {}
+            d = c.get("detected_at")
+            cells.append(("-" if d is None else str(d)) + ("" if c.get("monotone") else "*"))
+        rows.append([key] + cells + [f"{report['seconds'].get(key, float('nan')):.1f}"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines += ["", "cell: the first level (1-3) whose interval excludes the real-vs-real floor on the worse side; "
+                  "'-' never; '*' not monotone along the ladder"]
+    return "\n".join(lines)
+
+
+def load_report(path: str | Path) -> dict:
+    """Read a ``validation.json`` (an error naming the file when it is not one)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "validation.json"
+    try:
+        rep = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{p}: cannot read the report card ({e}); write it with `python -m bench validate`") from e
+    if not isinstance(rep, dict) or rep.get("schema_version") != SCHEMA_VERSION or "metrics" not in rep:
+        raise ValueError(f"{p}: not a validation.json of schema {SCHEMA_VERSION}; re-run `python -m bench validate`")
+    return rep
