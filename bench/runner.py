@@ -196,6 +196,12 @@ class ExtractorPool:
     def unused_args(self) -> set[str]:
         return set(self.extractor_args) - self._used_args
 
+    def close(self) -> None:
+        """Release what extractors hold between calls (e.g. the radiomics processes)."""
+        for ex in self._built.values():
+            if hasattr(ex, "close"):
+                ex.close()
+
 
 # Per-process caches of what tasks build (a generator, an extractor pool): a worker process builds each
 # once and reuses it for every task it runs; the local executor finds the driver's own objects here.
@@ -423,6 +429,7 @@ def _evaluate(cfg: RunConfig, suite: Suite, cohort: Cohort, generator, gen_args:
                                  "_failed": any(r.get("value") is None for r in results_for.values())})
         results.update(results_for)
     timings["metrics"] = time.perf_counter() - t - timings.get("features", 0.0)
+    pool.close()
     unused = pool.unused_args()
     if unused:
         raise ValueError(f"--extractor-args {sorted(unused)} were not accepted by any extractor this suite uses")

@@ -16,7 +16,8 @@ import numpy as np
 
 from metrics.features.base import FeatureExtractor, check_volumes
 from metrics.functional.radiomics import (DEFAULT_BIN_WIDTH, DEFAULT_FEATURE_CLASSES, RadiomicsConfig,
-                                          radiomics_feature_matrix, radiomics_features)
+                                          radiomics_feature_matrix, radiomics_features,
+                                          radiomics_process_pool)
 
 
 @functools.lru_cache(maxsize=8)
@@ -55,11 +56,21 @@ class RadiomicsExtractor(FeatureExtractor):
         self.brain_mask = None if brain_mask is None else np.asarray(brain_mask, dtype=bool)
         self.feature_names = list(radiomics_feature_names(self.config))
         self.dim = len(self.feature_names)
+        self._pool = None  # extraction processes, started on first use and kept until close()
+
+    def close(self) -> None:
+        """Stop the extraction processes (the extractor starts new ones if called again)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
     def __call__(self, volumes: np.ndarray, voxel_size: float) -> np.ndarray:
         vols = check_volumes(volumes, voxel_size, who=self.name)
         mask = self.brain_mask if self.brain_mask is not None else vols[:, 0] > 0
-        names, feats = radiomics_feature_matrix(vols, mask, voxel_size, self.config, workers=self.workers)
+        if self.workers > 1 and self._pool is None:
+            self._pool = radiomics_process_pool(self.workers)
+        names, feats = radiomics_feature_matrix(vols, mask, voxel_size, self.config, workers=self.workers,
+                                                executor=self._pool)
         if names != self.feature_names:
             raise RuntimeError("radiomics: feature names differ from the configuration's; "
                                "is a different pyradiomics installed in the worker processes?")

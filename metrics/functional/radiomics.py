@@ -179,8 +179,14 @@ def _extract_one(args) -> dict[str, float]:
     return radiomics_features(volume, mask, voxel_size, cfg)
 
 
-def radiomics_feature_matrix(volumes, mask, voxel_size, config=None, *, workers: int = 2
-                             ) -> tuple[list[str], np.ndarray]:
+def radiomics_process_pool(workers: int) -> ProcessPoolExecutor:
+    """A pool of ``workers`` extraction processes, to pass to :func:`radiomics_feature_matrix` as
+    ``executor`` when many sets are extracted in a row (starting the processes costs seconds)."""
+    return ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context(), initializer=_worker_init)
+
+
+def radiomics_feature_matrix(volumes, mask, voxel_size, config=None, *, workers: int = 2,
+                             executor: ProcessPoolExecutor | None = None) -> tuple[list[str], np.ndarray]:
     """Features of a set of volumes, in parallel processes.
 
     Args:
@@ -191,6 +197,7 @@ def radiomics_feature_matrix(volumes, mask, voxel_size, config=None, *, workers:
         workers: worker processes (``spawn`` context, so it is safe after torch/ITK threads have
             started; scripts that call this need the usual ``if __name__ == "__main__":`` guard);
             ``<= 1`` runs in this process.
+        executor: an open pool (:func:`radiomics_process_pool`) to run on instead of starting one.
 
     Returns:
         ``(names, features)`` with ``features`` ``(N, F)`` float64.
@@ -207,6 +214,8 @@ def radiomics_feature_matrix(volumes, mask, voxel_size, config=None, *, workers:
     jobs = [(vols[i], masks[i], voxel_size, cfg) for i in range(n)]
     if workers <= 1 or n <= 1:
         rows = [_extract_one(j) for j in jobs]
+    elif executor is not None:
+        rows = list(executor.map(_extract_one, jobs, chunksize=max(1, n // (4 * workers))))
     else:
         with ProcessPoolExecutor(max_workers=min(workers, n), mp_context=_mp_context(),
                                  initializer=_worker_init) as ex:
