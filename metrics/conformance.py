@@ -15,8 +15,11 @@ conditioning age, r = 0.692), with predictors trained on real data.
 
 Sub-results (suite key ``conformance``): ``modality_accuracy``, ``sex_accuracy``, ``age_mae``,
 ``age_r``, and per structure ``<key>_mae`` / ``<key>_r`` (lateral ventricles, hippocampi, total GM,
-WM, CSF, intracranial volume). Each has a seeded paired bootstrap CI over prompts. The ``*_r``
-results carry per-sample ``requested`` and ``measured`` arrays for the requested-vs-measured plots.
+WM, CSF, intracranial volume). Each has a seeded paired bootstrap CI over prompts, the
+bias-corrected percentile interval (BC, Efron 1987) that contains the value, and the ceiling (floor)
+has its own interval (``floor_ci``) from the same resamples of the prompts, with the real held-out
+volumes in place of the generated ones. The ``*_r`` results carry per-sample ``requested`` and
+``measured`` arrays for the requested-vs-measured plots.
 
 Inputs the runner provides (see :class:`~metrics.base.EvalSets`): ``sets.train`` (training volumes),
 ``sets.extra["train_attributes"]`` (their true attributes), ``sets.extra["atlas"]`` (priors on the
@@ -43,7 +46,7 @@ from typing import Sequence
 import numpy as np
 
 from metrics.base import EvalSets, Metric, MetricResult, log
-from metrics.functional.bootstrap import bootstrap_ci
+from metrics.functional.bootstrap import BC, bootstrap_ci
 from metrics.functional.conformance import (MEASUREMENTS, PREDICTOR_VERSION, VOLUME_TARGETS, AtlasRegions,
                                             ConformanceError, ConformancePredictors, atlas_regions, measure,
                                             pearson_r, targets_from_attributes)
@@ -72,6 +75,15 @@ def _hash_training(sets: EvalSets) -> str:
         h.update(sets.map(volume_digests, "train").tobytes())
     h.update(json.dumps(sets.extra.get("train_attributes"), sort_keys=True, default=str).encode())
     return h.hexdigest()
+
+
+def _conformance_r(requested: np.ndarray, measured: np.ndarray) -> float:
+    """Pearson r of requested vs measured; 0 (chance) when the measurement is constant (the set
+    ignores the request), NaN when the requests are constant (see :func:`pearson_r`)."""
+    m = np.asarray(measured, np.float64)
+    if len(m) == 0 or float(np.ptp(m)) < 1e-9:  # constant measurement (std < 1e-9 up to rounding)
+        return 0.0
+    return pearson_r(requested, measured)
 
 
 class Conformance(Metric):
@@ -110,7 +122,8 @@ class Conformance(Metric):
                 "measurements": list(MEASUREMENTS),
                 "models": "modality: multinomial logistic on tissue contrast; per modality: ridge (LOO alpha) "
                           "for age and volumes, L2 logistic for sex, on atlas-guided partial-volume measurements",
-                "ceiling": "the same predictors on the caption-matched real held-out volumes (floor)"}
+                "ceiling": "the same predictors on the caption-matched real held-out volumes (floor)",
+                "ci": f"{BC}; prompts resampled (paired), 95%"}
 
     # -------------------------------------------------------------- predictors
     def regions(self, sets: EvalSets) -> AtlasRegions:
@@ -177,6 +190,10 @@ class Conformance(Metric):
                   "ceiling": "floor = the same predictors on the real held-out (caption-matched) volumes"}
         out: dict[str, MetricResult] = {}
         n_boot = self.n_boot
+        resampling = "prompts resampled (paired: requested and measured together)"
+
+        def ci(stat, n: int, estimate: float):
+            return bootstrap_ci(stat, n, n_boot=n_boot, seed=seed, estimate=estimate)
 
         # ---- categorical: modality, sex
         for attr in ("modality", "sex"):
@@ -187,14 +204,16 @@ class Conformance(Metric):
             idx = np.flatnonzero(ok)
             hit_g = np.array([gen[attr][i] == r[i] for i in idx], dtype=float)
             hit_r = np.array([ref[attr][i] == r[i] for i in idx], dtype=float)
-            lo, hi = bootstrap_ci(lambda s: float(hit_g[s].mean()), len(idx), n_boot=n_boot, seed=seed)
+            value, floor = float(hit_g.mean()), float(hit_r.mean())
+            vci = ci(lambda s: float(hit_g[s].mean()), len(idx), value)
+            fci = ci(lambda s: float(hit_r[s].mean()), len(idx), floor)
             labels = (lambda v: v) if attr == "modality" else (lambda v: {1.0: "F", 0.0: "M"}.get(v, None))
             req_l = [labels(r[i]) for i in idx]
             uniq, counts = np.unique([str(x) for x in req_l], return_counts=True)
             out[f"{attr}_accuracy"] = MetricResult(
-                value=float(hit_g.mean()), higher_is_better=True, n=int(len(idx)), ci_low=lo, ci_high=hi,
-                floor=float(hit_r.mean()),
-                details={"per_sample": hit_g.tolist(), "floor_per_sample": hit_r.tolist(),
+                value=value, higher_is_better=True, n=int(len(idx)), ci_low=vci.low, ci_high=vci.high,
+                floor=floor, floor_ci=list(fci),
+                details={"per_sample": hit_g.tolist(), "floor_per_sample": hit_r.tolist(), **vci.details(resampling),
                          "requested_labels": req_l, "measured_labels": [labels(gen[attr][i]) for i in idx],
                          "floor_measured_labels": [labels(ref[attr][i]) for i in idx],
                          "chance": float(counts.max() / counts.sum()) if len(counts) else None, **common})
@@ -208,25 +227,27 @@ class Conformance(Metric):
             rv, gv, fv = r[ok], gen[attr][ok], ref[attr][ok]
             unit = "years" if attr == "age" else "mL"
             err_g, err_f = np.abs(gv - rv), np.abs(fv - rv)
-            lo, hi = bootstrap_ci(lambda s: float(err_g[s].mean()), len(rv), n_boot=n_boot, seed=seed)
+            value, floor = float(err_g.mean()), float(err_f.mean())
+            vci = ci(lambda s: float(err_g[s].mean()), len(rv), value)
+            fci = ci(lambda s: float(err_f[s].mean()), len(rv), floor)
             chance_mae = float(np.abs(rv[:, None] - rv[None, :]).sum() / max(len(rv) * (len(rv) - 1), 1))
             out[f"{attr}_mae"] = MetricResult(
-                value=float(err_g.mean()), higher_is_better=False, n=int(ok.sum()), ci_low=lo, ci_high=hi,
-                floor=float(err_f.mean()),
+                value=value, higher_is_better=False, n=int(ok.sum()), ci_low=vci.low, ci_high=vci.high,
+                floor=floor, floor_ci=list(fci),
                 details={"unit": unit, "per_sample": err_g.tolist(), "floor_per_sample": err_f.tolist(),
                          "chance": chance_mae, "chance_definition": "mean |requested_i - requested_j|, i != j",
-                         **common})
-            lo, hi = bootstrap_ci(lambda s: pearson_r(rv[s], gv[s]), len(rv), n_boot=n_boot, seed=seed)
+                         **vci.details(resampling), **common})
             warnings = []
-            r_gen = pearson_r(rv, gv)
             if np.std(gv) < 1e-9:  # the set ignores the request entirely: chance level
                 warnings.append(f"conformance: measured {attr} is constant over the generated set; r set to 0")
-                r_gen = 0.0
+            r_gen, r_floor = _conformance_r(rv, gv), _conformance_r(rv, fv)
+            vci = ci(lambda s: _conformance_r(rv[s], gv[s]), len(rv), r_gen)
+            fci = ci(lambda s: _conformance_r(rv[s], fv[s]), len(rv), r_floor)
             out[f"{attr}_r"] = MetricResult(
-                value=r_gen, higher_is_better=True, n=int(ok.sum()), ci_low=lo, ci_high=hi,
-                floor=pearson_r(rv, fv), warnings=warnings,
+                value=r_gen, higher_is_better=True, n=int(ok.sum()), ci_low=vci.low, ci_high=vci.high,
+                floor=r_floor, floor_ci=list(fci), warnings=warnings,
                 details={"unit": unit, "requested": rv.tolist(), "measured": gv.tolist(),
-                         "floor_measured": fv.tolist(), "chance": 0.0, **common})
+                         "floor_measured": fv.tolist(), "chance": 0.0, **vci.details(resampling), **common})
         if not out:
             raise ConformanceError("no prompt states a modality, sex, age or structure volume; conformance has "
                                    "nothing to score (check that the runner passes parsed prompt attributes)")

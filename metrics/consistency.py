@@ -16,6 +16,12 @@ generators that volumetric models and 2D-to-3D adaptations address (e.g. Zhu et 
 "Make-A-Volume", MICCAI); adjacent-slice NCC is the plain measure of it used here. The log-ratio
 makes the statistic insensitive to isotropic noise, which decorrelates every axis alike.
 
+The CI (and the floor's, ``floor_ci``) bootstraps the *signed* difference of means (generated and
+reference resampled independently; floor and reference for the floor), takes its bias-corrected
+percentile interval (BC, Efron 1987) and folds it to the absolute value
+(:meth:`~metrics.functional.bootstrap.Interval.absolute`): the absolute difference itself is biased
+upwards near 0 — its percentile interval could exclude a value of 0 — while the signed one is not.
+
 S is per volume, so each set is read one shard at a time (:meth:`~metrics.base.EvalSets.map` of
 :func:`through_plane_statistic`) and only the per-volume S and NCCs are kept.
 """
@@ -27,7 +33,7 @@ from functools import partial
 import numpy as np
 
 from metrics.base import EvalSets, Metric, MetricResult
-from metrics.functional.bootstrap import bootstrap_ci_two_sample
+from metrics.functional.bootstrap import BC, bootstrap_ci_two_sample
 
 AXIS_NAMES = {0: "sagittal (x)", 1: "coronal (y)", 2: "axial (z)"}
 
@@ -107,7 +113,8 @@ class ThroughPlaneConsistency(Metric):
     def config(self) -> dict:
         return {"stack_axis": self.stack_axis, "stack_axis_name": AXIS_NAMES[self.stack_axis],
                 "in_mask": self.in_mask, "statistic": "S = log((1 - NCC_stack) / mean(1 - NCC_in-plane))",
-                "value": "|mean S(generated) - mean S(reference)|", "n_boot": self.n_boot}
+                "value": "|mean S(generated) - mean S(reference)|", "n_boot": self.n_boot,
+                "ci": f"{BC} of the signed difference of means (two-sample), folded to |·|, 95%"}
 
     def compute(self, sets: EvalSets, *, seed: int) -> MetricResult:
         mask = np.asarray(sets.brain_mask, bool) if self.in_mask else None
@@ -124,14 +131,19 @@ class ThroughPlaneConsistency(Metric):
             raise ValueError("through_plane: no generated volume has a usable slice pair (all empty/constant?)")
         g, r, f = s_g[ok_g], s_r[ok_r], s_f[ok_f]
         ref_mean = float(r.mean())
-        value = abs(float(g.mean()) - ref_mean)
-        lo, hi = bootstrap_ci_two_sample(lambda a, b: abs(float(g[a].mean()) - float(r[b].mean())),
-                                         len(g), len(r), n_boot=self.n_boot, seed=seed)
+        signed, signed_floor = float(g.mean()) - ref_mean, float(f.mean()) - ref_mean
+
+        def signed_ci(x: np.ndarray, estimate: float):
+            return bootstrap_ci_two_sample(lambda a, b: float(x[a].mean()) - float(r[b].mean()), len(x), len(r),
+                                           n_boot=self.n_boot, seed=seed, estimate=estimate).absolute()
+
+        ci, fci = signed_ci(g, signed), signed_ci(f, signed_floor)
         axes = ["sagittal", "coronal", "axial"]
         return MetricResult(
-            value=value, higher_is_better=False, n=int(ok_g.sum()), ci_low=lo, ci_high=hi,
-            floor=abs(float(f.mean()) - ref_mean), warnings=warnings,
-            details={"signed_difference": float(g.mean()) - ref_mean,
+            value=abs(signed), higher_is_better=False, n=int(ok_g.sum()), ci_low=ci.low, ci_high=ci.high,
+            floor=abs(signed_floor), floor_ci=list(fci), warnings=warnings,
+            details={"signed_difference": signed,
+                     **ci.details("generated and reference resampled independently"),
                      "mean_S": {"generated": float(g.mean()), "reference": ref_mean, "floor": float(f.mean())},
                      "mean_adjacent_ncc": {name: {ax: float(np.nanmean(n[:, j])) for j, ax in enumerate(axes)}
                                            for name, n in (("generated", n_g), ("reference", n_r), ("floor", n_f))},

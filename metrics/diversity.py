@@ -13,6 +13,10 @@ modalities.
 Volumes are loaded per pair block (:meth:`~metrics.base.EvalSets.take`): the pairs are grouped by
 the shards their two volumes fall in, and a block loads only the volumes of its (at most two)
 shards, so peak memory is a few shards whatever N and the number of pairs.
+
+CI (value and floor): the bias-corrected percentile interval (BC, Efron 1987) of the mean over the
+drawn pairs (pairs resampled), which contains the value; the floor's interval (``floor_ci``) is the
+same over the reference pairs.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from metrics.base import EvalSets, Metric, MetricResult, log
-from metrics.functional.bootstrap import mean_ci
+from metrics.functional.bootstrap import BC, mean_ci
 from metrics.functional.ssim import ms_ssim3d
 
 
@@ -90,7 +94,7 @@ class MSSSIMDiversity(Metric):
     def config(self) -> dict:
         return {"max_pairs": self.max_pairs, "data_range": self.data_range, "scales": self.scales,
                 "kernel_size": self.kernel_size, "same_modality": self.same_modality, "pooling": "avg 2x",
-                "negative_cs": "clamped to 0 (relu)"}
+                "negative_cs": "clamped to 0 (relu)", "ci": f"{BC} of the mean over pairs, 95%"}
 
     def _groups(self, sets: EvalSets, n: int):
         if not self.same_modality or len(sets.attributes) != n:
@@ -144,12 +148,13 @@ class MSSSIMDiversity(Metric):
                    f"{[round(w, 4) for w in cfg.weights]} (not comparable with values at other sizes)")
             log.info(msg)
             warnings.append(msg)
-        lo, hi = mean_ci(gen_vals, seed=seed)
         g, r = float(gen_vals.mean()), float(ref_vals.mean())
+        ci = mean_ci(gen_vals, seed=seed, estimate=g)
+        fci = mean_ci(ref_vals, seed=seed, estimate=r)
         return MetricResult(
-            value=g, higher_is_better=False, direction="target", n=int(pairs.shape[0]), ci_low=lo, ci_high=hi, floor=r,
-            warnings=warnings,
+            value=g, higher_is_better=False, direction="target", n=int(pairs.shape[0]), ci_low=ci.low,
+            ci_high=ci.high, floor=r, floor_ci=list(fci), warnings=warnings,
             details={"generated": g, "reference": r, "difference": g - r, "n_pairs": int(pairs.shape[0]),
                      "pairing": "same modality" if groups is not None else "any",
-                     "ms_ssim_config": cfg.to_dict(), **self.config(),
+                     "ms_ssim_config": cfg.to_dict(), **self.config(), **ci.details("pairs resampled"),
                      "note": "lower = more diverse; the target is the reference (real) value"})

@@ -13,53 +13,53 @@ from typing import ClassVar
 import numpy as np
 
 from metrics.base import EvalSets, FeatureMetric, MetricResult, get_features, small_n_warning
-from metrics.functional.bootstrap import bootstrap_ci_two_sample
+from metrics.functional.bootstrap import BC_SHIFTED, Interval, bootstrap_ci_two_sample
 from metrics.functional.frechet import frechet_distance_from_features, frechet_distance_infinity
 
 log = logging.getLogger("braingenbench.metrics")
 
 __all__ = ["FID", "get_features", "fd_bootstrap_ci"]
 
-FD_CI_METHOD = ("two-sample percentile bootstrap (generated and reference resampled independently), "
-                "shifted by the bootstrap bias estimate, clipped at 0")
+FD_CI_RESAMPLING = "generated and reference resampled independently; lower end clipped at 0"
+FD_CI_METHOD = f"{BC_SHIFTED}; {FD_CI_RESAMPLING}"
 
 
-def fd_bootstrap_ci(x: np.ndarray, y: np.ndarray, *, n_boot: int, seed: int) -> tuple[float, float, float]:
-    """Bias-shifted two-sample percentile bootstrap CI of ``FD(x, y)``.
+def fd_bootstrap_ci(x: np.ndarray, y: np.ndarray, *, n_boot: int, seed: int,
+                    estimate: float | None = None) -> Interval:
+    """Two-sample bootstrap CI of ``FD(x, y)``: BC of the bias-shifted resamples, containing the estimate.
 
     Resampling with replacement duplicates items, which lowers the effective sample size and raises
     the FD by roughly its small-N bias (at N=60, F=24 the whole percentile interval lies above the
-    value). The percentile interval is therefore shifted by the bootstrap bias estimate
-    ``mean(FD*) - FD`` (Efron & Tibshirani 1993, ch. 10) and clipped at 0.
+    value, so plain BC would collapse onto ``[FD, min FD*]``). The resamples are therefore shifted by
+    the bootstrap bias estimate ``mean(FD*) - FD`` (Efron & Tibshirani 1993, ch. 10), the
+    bias-corrected percentile interval (BC, Efron 1987) is taken of the shifted resamples and
+    extended to contain ``FD`` if needed (:func:`metrics.functional.bootstrap.bootstrap_interval`),
+    and the lower end is clipped at 0.
+
+    Args:
+        x, y: ``(N, F)`` and ``(M, F)`` features.
+        n_boot: resamples.
+        seed: RNG seed.
+        estimate: ``FD(x, y)`` when already computed.
 
     Returns:
-        ``(ci_low, ci_high, bias)``.
+        The :class:`~metrics.functional.bootstrap.Interval`; its ``bias`` is the raw bootstrap bias.
     """
-    value = frechet_distance_from_features(x, y)
-    boot: list[float] = []
-
-    def stat(a: np.ndarray, b: np.ndarray) -> float:
-        v = frechet_distance_from_features(x[a], y[b])
-        boot.append(v)
-        return v
-
-    lo, hi = bootstrap_ci_two_sample(stat, x.shape[0], y.shape[0], n_boot=n_boot, seed=seed)
-    finite = np.asarray(boot, dtype=np.float64)
-    finite = finite[np.isfinite(finite)]
-    if finite.size == 0:
-        return lo, hi, float("nan")
-    bias = float(finite.mean() - value)
-    return max(lo - bias, 0.0), max(hi - bias, 0.0), bias
+    value = frechet_distance_from_features(x, y) if estimate is None else float(estimate)
+    ci = bootstrap_ci_two_sample(lambda a, b: frechet_distance_from_features(x[a], y[b]), x.shape[0], y.shape[0],
+                                 n_boot=n_boot, seed=seed, estimate=value, shift_bias=True)
+    return ci.clipped(lower=0.0)
 
 
 class FID(FeatureMetric):
     """Fréchet distance between generated and reference features (lower is better).
 
     * value: ``FD(generated, reference)``; floor: ``FD(floor, reference)`` (real vs real at equal N).
-    * CI: seeded two-sample percentile bootstrap, generated and reference resampled independently,
-      shifted by the bootstrap bias estimate (see :func:`fd_bootstrap_ci`; the raw shift is in
+    * CI (value and floor): seeded two-sample bootstrap, generated (floor) and reference resampled
+      independently, bias-corrected percentile interval (BC) of the resamples shifted by the
+      bootstrap bias, containing the value (see :func:`fd_bootstrap_ci`; the raw bias is in
       ``details["bootstrap_bias"]``).
-    * details: extractor, feature dimension, set sizes, floor CI, and with ``infinity=True`` the
+    * details: extractor, feature dimension, set sizes, and with ``infinity=True`` the
       FD∞ (Chong & Forsyth 2020) of value and floor.
     * warnings: N below the feature dimension (rank-deficient covariances, upward bias).
 
@@ -88,11 +88,10 @@ class FID(FeatureMetric):
 
         value = frechet_distance_from_features(g, r)
         floor = frechet_distance_from_features(f, r)
-        lo, hi, bias = fd_bootstrap_ci(g, r, n_boot=self.n_boot, seed=seed)
-        flo, fhi, _ = fd_bootstrap_ci(f, r, n_boot=self.n_boot, seed=seed)
+        ci = fd_bootstrap_ci(g, r, n_boot=self.n_boot, seed=seed, estimate=value)
+        fci = fd_bootstrap_ci(f, r, n_boot=self.n_boot, seed=seed, estimate=floor)
         details = {"extractor": self.extractor, "feature_dim": dim, "n_generated": int(g.shape[0]),
-                   "n_reference": int(r.shape[0]), "n_floor": int(f.shape[0]), "floor_ci": [flo, fhi],
-                   "bootstrap_bias": bias, "ci_method": FD_CI_METHOD}
+                   "n_reference": int(r.shape[0]), "n_floor": int(f.shape[0]), **ci.details(FD_CI_RESAMPLING)}
         if self.infinity:
             try:
                 details["fd_infinity"] = frechet_distance_infinity(g, r, seed=seed)
@@ -102,5 +101,5 @@ class FID(FeatureMetric):
                 log.warning(msg)
                 warnings.append(msg)
                 details["fd_infinity"] = details["floor_fd_infinity"] = None
-        return MetricResult(value=value, higher_is_better=False, n=int(g.shape[0]), ci_low=lo, ci_high=hi,
-                            floor=floor, warnings=warnings, details=details)
+        return MetricResult(value=value, higher_is_better=False, n=int(g.shape[0]), ci_low=ci.low, ci_high=ci.high,
+                            floor=floor, floor_ci=list(fci), warnings=warnings, details=details)

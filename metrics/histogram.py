@@ -13,7 +13,12 @@ reference T2 volumes, ...) and the reported value is the unweighted mean over th
 present (each modality counts once, whatever its number of prompts); per-modality values are in the
 details. The bootstrap resamples volumes (prompts) within each modality, the same indices for the
 generated and the reference set, and recomputes the distances from the summed per-volume
-histograms.
+histograms. A distance between pooled histograms is biased upwards, and more so for resamples
+with duplicated volumes (fewer distinct volumes: noisier histograms) — for JS the resamples often
+all lie above the value — so, as for FID, the interval is the bias-corrected percentile interval
+(BC, Efron 1987) of the resamples shifted by the bootstrap bias, extended to contain the value and
+cut to the distance's range; the floor's interval (``floor_ci``) comes from the same resamples with
+the floor set in place of the generated set.
 
 Tissues: when ``sets.extra["tissue_consensus"]`` holds the voxel-wise majority (consensus) of the
 reference subjects' tissue label maps (``(D, H, W)``, 0 background, 1 CSF, 2 GM, 3 WM by the cohort
@@ -38,6 +43,7 @@ from functools import partial
 import numpy as np
 
 from metrics.base import EvalSets, Metric, MetricResult
+from metrics.functional.bootstrap import BC_SHIFTED, bootstrap_interval
 from metrics.functional.histogram import (bin_edges, consensus_labels, histogram_distances, tissue_masks,
                                           volume_histograms)
 
@@ -108,7 +114,7 @@ class HistogramDistance(Metric):
     def config(self) -> dict:
         return {"bins": self.bins, "range": [0.0, 1.0], "per_tissue": self.per_tissue, "n_boot": self.n_boot,
                 "pooling": "in-mask voxels of all volumes, per modality, mean over modalities",
-                "js_base": 2}
+                "js_base": 2, "ci": f"{BC_SHIFTED}; volumes resampled within each modality, 95%"}
 
     def compute(self, sets: EvalSets, *, seed: int) -> dict[str, MetricResult]:
         edges = bin_edges(self.bins)
@@ -125,16 +131,20 @@ class HistogramDistance(Metric):
         value, per_mod = _grouped_distances(h["generated"], h["reference"], groups, edges)
         floor, per_mod_floor = _grouped_distances(h["floor"], h["reference"], groups, edges)
 
-        # stratified paired bootstrap over volumes
+        # stratified paired bootstrap over volumes; the floor on the same resamples
         rng = np.random.default_rng(seed)
         boots = {d: [] for d in DISTANCES}
-        for _ in range(self.n_boot):
+        fboots = {d: [] for d in DISTANCES}
+        for _ in range(self.n_boot if sets.n >= 2 else 0):
             rs = {g: idx[rng.integers(0, idx.size, idx.size)] for g, idx in groups.items()}
             b, _ = _grouped_distances(h["generated"], h["reference"], rs, edges)
+            fb, _ = _grouped_distances(h["floor"], h["reference"], rs, edges)
             for d in DISTANCES:
                 boots[d].append(b[d])
-        ci = {d: ((float(np.quantile(boots[d], 0.025)), float(np.quantile(boots[d], 0.975)))
-                  if sets.n >= 2 else (float("nan"), float("nan"))) for d in DISTANCES}
+                fboots[d].append(fb[d])
+        upper = {"w1": None, "js": 1.0, "ks": 1.0}  # the distances' ranges
+        ci = {d: bootstrap_interval(boots[d], value[d], shift_bias=True).clipped(0.0, upper[d]) for d in DISTANCES}
+        fci = {d: bootstrap_interval(fboots[d], floor[d], shift_bias=True).clipped(0.0, upper[d]) for d in DISTANCES}
 
         # per tissue
         tissue: dict[str, dict[str, dict[str, float]]] = {d: {} for d in DISTANCES}
@@ -154,13 +164,14 @@ class HistogramDistance(Metric):
             details = {**self.config(), "distance": d,
                        "per_modality": {g: {"value": per_mod[g][d], "floor": per_mod_floor[g][d],
                                             "n": int(groups[g].size)} for g in groups},
-                       "n_mask_voxels": int(mask.sum())}
+                       "n_mask_voxels": int(mask.sum()),
+                       **ci[d].details("volumes resampled within each modality, the same for both sets")}
             if self.per_tissue:
                 if tissue_note:
                     details["per_tissue_note"] = tissue_note
                 else:
                     details["per_tissue"] = tissue[d]
                     details["tissue_masks"] = "consensus (voxel-wise majority) of the reference label maps"
-            out[d] = MetricResult(value=value[d], higher_is_better=False, n=sets.n, ci_low=ci[d][0],
-                                  ci_high=ci[d][1], floor=floor[d], details=details)
+            out[d] = MetricResult(value=value[d], higher_is_better=False, n=sets.n, ci_low=ci[d].low,
+                                  ci_high=ci[d].high, floor=floor[d], floor_ci=list(fci[d]), details=details)
         return out

@@ -7,21 +7,28 @@ from typing import ClassVar
 import numpy as np
 
 from metrics.base import EvalSets, FeatureMetric, MetricResult
-from metrics.functional.bootstrap import bootstrap_ci_two_sample
+from metrics.functional.bootstrap import BC, Interval, bootstrap_ci_two_sample
 from metrics.functional.kernel import kid, mmd2_from_kernel_indices, polynomial_kernel
 
 __all__ = ["KID"]
 
 
-def kernel_bootstrap_ci(x: np.ndarray, y: np.ndarray, kernel, *, n_boot: int, seed: int) -> tuple[float, float]:
-    """Two-sample percentile bootstrap CI of the unbiased MMD² for a kernel ``kernel(a, b)``.
+KERNEL_CI_RESAMPLING = ("full-set unbiased MMD², generated and reference resampled independently "
+                        "(copies of one item never paired)")
+
+
+def kernel_bootstrap_ci(x: np.ndarray, y: np.ndarray, kernel, *, n_boot: int, seed: int,
+                        estimate: float | None = None) -> Interval:
+    """Two-sample bootstrap CI of the unbiased MMD² for a kernel ``kernel(a, b)``.
 
     The kernel matrices are computed once; each resample is an index operation, and copies of the
-    same item are not paired with each other (see :func:`mmd2_from_kernel_indices`).
+    same item are not paired with each other (see :func:`mmd2_from_kernel_indices`). With
+    ``estimate`` (the reported value): the bias-corrected percentile interval (BC, Efron 1987)
+    containing it; without: the percentile interval.
     """
     kxx, kyy, kxy = kernel(x, x), kernel(y, y), kernel(x, y)
     return bootstrap_ci_two_sample(lambda a, b: mmd2_from_kernel_indices(kxx, kyy, kxy, a, b), x.shape[0],
-                                   y.shape[0], n_boot=n_boot, seed=seed)
+                                   y.shape[0], n_boot=n_boot, seed=seed, estimate=estimate)
 
 
 class KID(FeatureMetric):
@@ -29,8 +36,9 @@ class KID(FeatureMetric):
 
     * value: mean over ``n_subsets`` random subsets of the unbiased MMD² with the kernel
       ``(x·y/F + 1)^3`` (torch-fidelity convention); floor: the same for floor vs reference.
-    * CI: two-sample percentile bootstrap of the full-set unbiased MMD² (pairs of bootstrap copies
-      of one item excluded). The subset std (torch-fidelity's ``kid_std``) is in
+    * CI (value and floor): two-sample bootstrap of the full-set unbiased MMD² (pairs of bootstrap
+      copies of one item excluded), bias-corrected percentile interval (BC, Efron 1987) around the
+      value, extended to contain it. The subset std (torch-fidelity's ``kid_std``) is in
       ``details["subset_std"]``; it is not a CI of the mean and is 0 when a subset holds a whole set.
 
     Args:
@@ -54,18 +62,16 @@ class KID(FeatureMetric):
     def config(self) -> dict:
         return {"extractor": self.extractor, "subset_size": self.subset_size, "n_subsets": self.n_subsets,
                 "n_boot": self.n_boot, "kernel": "polynomial degree=3 gamma=1/F coef0=1",
-                "ci": "two-sample percentile bootstrap of full-set MMD², 95%"}
+                "ci": f"{BC}; {KERNEL_CI_RESAMPLING}, 95%"}
 
     def compute(self, sets: EvalSets, *, seed: int) -> MetricResult:
         g, r, f, dim = self.feature_sets(sets, "generated", "reference", "floor")
         res = kid(g, r, subset_size=self.subset_size, n_subsets=self.n_subsets, seed=seed)
         fres = kid(f, r, subset_size=self.subset_size, n_subsets=self.n_subsets, seed=seed)
-        lo, hi = kernel_bootstrap_ci(g, r, polynomial_kernel, n_boot=self.n_boot, seed=seed)
-        flo, fhi = kernel_bootstrap_ci(f, r, polynomial_kernel, n_boot=self.n_boot, seed=seed)
+        ci = kernel_bootstrap_ci(g, r, polynomial_kernel, n_boot=self.n_boot, seed=seed, estimate=res.mean)
+        fci = kernel_bootstrap_ci(f, r, polynomial_kernel, n_boot=self.n_boot, seed=seed, estimate=fres.mean)
         details = {"extractor": self.extractor, "feature_dim": dim, "subset_size": res.subset_size,
                    "n_subsets": self.n_subsets, "subset_std": res.std, "floor_subset_std": fres.std,
-                   "floor_ci": [flo, fhi], "n_reference": int(r.shape[0]), "n_floor": int(f.shape[0]),
-                   "ci_method": "two-sample percentile bootstrap of the full-set unbiased MMD² "
-                                "(copies of one item never paired)"}
-        return MetricResult(value=res.mean, higher_is_better=False, n=int(g.shape[0]), ci_low=lo, ci_high=hi,
-                            floor=fres.mean, warnings=[], details=details)
+                   "n_reference": int(r.shape[0]), "n_floor": int(f.shape[0]), **ci.details(KERNEL_CI_RESAMPLING)}
+        return MetricResult(value=res.mean, higher_is_better=False, n=int(g.shape[0]), ci_low=ci.low,
+                            ci_high=ci.high, floor=fres.mean, floor_ci=list(fci), warnings=[], details=details)

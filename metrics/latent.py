@@ -10,6 +10,10 @@ as below (the runner records them as ``<metric key>/<key>``):
   generator share one kernel and stay comparable.
 * ``cosine`` — mean cosine similarity of each generated latent to the latent of the real
   volume whose caption prompted it (pairs i ↔ i), higher is better.
+
+Every CI (value and floor) is a seeded bootstrap interval that contains its estimate: bias-corrected
+percentile (BC, Efron 1987), of the bias-shifted resamples for the Fréchet distance (see
+:func:`metrics.fid.fd_bootstrap_ci`).
 """
 
 from __future__ import annotations
@@ -19,11 +23,11 @@ from typing import ClassVar
 import numpy as np
 
 from metrics.base import EvalSets, FeatureMetric, MetricResult, small_n_warning
-from metrics.fid import FD_CI_METHOD, fd_bootstrap_ci
-from metrics.functional.bootstrap import mean_ci
+from metrics.fid import FD_CI_RESAMPLING, fd_bootstrap_ci
+from metrics.functional.bootstrap import BC, BC_SHIFTED, mean_ci
 from metrics.functional.frechet import frechet_distance_from_features
 from metrics.functional.kernel import gaussian_kernel, gaussian_mmd2, median_heuristic_bandwidth
-from metrics.kid import kernel_bootstrap_ci
+from metrics.kid import KERNEL_CI_RESAMPLING, kernel_bootstrap_ci
 
 __all__ = ["LatentSimilarity", "pca_2d", "paired_cosine"]
 
@@ -84,8 +88,8 @@ class LatentSimilarity(FeatureMetric):
         return {"extractor": self.extractor, "n_boot": self.n_boot,
                 "mmd_kernel": "gaussian, bandwidth = median pairwise distance of the reference set",
                 "cosine": "raw latents, generated i vs reference i", "embedding": "PCA(2) of generated ∪ reference",
-                "ci": "fd: bias-shifted two-sample percentile bootstrap; mmd: two-sample percentile bootstrap "
-                      "(copies never paired); cosine: paired bootstrap of the mean; 95%"}
+                "ci": f"fd: {BC_SHIFTED}, two-sample; mmd: {BC}, two-sample (copies never paired); "
+                      f"cosine: {BC} of the mean over pairs; 95%"}
 
     def compute(self, sets: EvalSets, *, seed: int) -> dict[str, MetricResult]:
         g, r, f, dim = self.feature_sets(sets, "generated", "reference", "floor")
@@ -96,15 +100,15 @@ class LatentSimilarity(FeatureMetric):
         # Fréchet distance
         fd = frechet_distance_from_features(g, r)
         fd_floor = frechet_distance_from_features(f, r)
-        *ci, bias = fd_bootstrap_ci(g, r, n_boot=self.n_boot, seed=seed)
-        *fci, _ = fd_bootstrap_ci(f, r, n_boot=self.n_boot, seed=seed)
+        ci = fd_bootstrap_ci(g, r, n_boot=self.n_boot, seed=seed, estimate=fd)
+        fci = fd_bootstrap_ci(f, r, n_boot=self.n_boot, seed=seed, estimate=fd_floor)
         (eg, er), ratio = pca_2d(g, r)
         res_fd = MetricResult(
-            value=fd, higher_is_better=False, n=n, ci_low=ci[0], ci_high=ci[1], floor=fd_floor,
+            value=fd, higher_is_better=False, n=n, ci_low=ci.low, ci_high=ci.high, floor=fd_floor, floor_ci=list(fci),
             warnings=small_n_warning(min(n, r.shape[0]), dim, f"latent FD[{self.extractor}]"),
-            details={**base, "floor_ci": list(fci), "bootstrap_bias": bias, "ci_method": FD_CI_METHOD,
+            details={**base, **ci.details(FD_CI_RESAMPLING),
                      "embedding": {"generated": eg.tolist(), "reference": er.tolist(),
-                                                                  "method": "pca", "explained_variance": ratio}})
+                                   "method": "pca", "explained_variance": ratio}})
 
         # Gaussian MMD², one bandwidth for value and floor
         bw = median_heuristic_bandwidth(r, None)
@@ -114,17 +118,20 @@ class LatentSimilarity(FeatureMetric):
         def kern(a, b):
             return gaussian_kernel(a, b, bandwidth=bw)
 
-        mci = kernel_bootstrap_ci(g, r, kern, n_boot=self.n_boot, seed=seed)
-        mfci = kernel_bootstrap_ci(f, r, kern, n_boot=self.n_boot, seed=seed)
-        res_mmd = MetricResult(value=mmd, higher_is_better=False, n=n, ci_low=mci[0], ci_high=mci[1],
-                               floor=mmd_floor, details={**base, "bandwidth": bw, "floor_ci": list(mfci)})
+        mci = kernel_bootstrap_ci(g, r, kern, n_boot=self.n_boot, seed=seed, estimate=mmd)
+        mfci = kernel_bootstrap_ci(f, r, kern, n_boot=self.n_boot, seed=seed, estimate=mmd_floor)
+        res_mmd = MetricResult(value=mmd, higher_is_better=False, n=n, ci_low=mci.low, ci_high=mci.high,
+                               floor=mmd_floor, floor_ci=list(mfci),
+                               details={**base, "bandwidth": bw, **mci.details(KERNEL_CI_RESAMPLING)})
 
         # caption-matched cosine similarity
         cos = paired_cosine(g, r)
         cos_floor = paired_cosine(f, r)
-        cci = mean_ci(cos, n_boot=max(self.n_boot, 1), seed=seed)
-        res_cos = MetricResult(value=float(cos.mean()), higher_is_better=True, n=n, ci_low=cci[0], ci_high=cci[1],
-                               floor=float(cos_floor.mean()),
+        cos_v, cos_f = float(cos.mean()), float(cos_floor.mean())
+        cci = mean_ci(cos, n_boot=max(self.n_boot, 1), seed=seed, estimate=cos_v)
+        cfci = mean_ci(cos_floor, n_boot=max(self.n_boot, 1), seed=seed, estimate=cos_f)
+        res_cos = MetricResult(value=cos_v, higher_is_better=True, n=n, ci_low=cci.low, ci_high=cci.high,
+                               floor=cos_f, floor_ci=list(cfci),
                                details={**base, "per_sample": cos.tolist(),
-                                        "floor_ci": list(mean_ci(cos_floor, n_boot=max(self.n_boot, 1), seed=seed))})
+                                        **cci.details("caption-matched pairs resampled")})
         return {"fd": res_fd, "mmd": res_mmd, "cosine": res_cos}

@@ -23,7 +23,10 @@ cannot calibrate this):
   data copying, ``Z_U ≫ 0`` under-fitting.
 
 The CI resamples the generated and reference sets independently (the threshold moves with the
-reference resample).
+reference resample); the floor's CI resamples the reference and recomputes the cross-fitted share on
+the same halves (positions). Resamples with duplicated items shift these shares (a duplicate on both
+sides of a threshold), so both intervals are the bias-corrected percentile interval (BC, Efron 1987)
+of the resamples shifted by the bootstrap bias, extended to contain the estimate and cut to [0, 1].
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from typing import ClassVar
 import numpy as np
 
 from metrics.base import EvalSets, FeatureMetric, MetricResult
-from metrics.functional.bootstrap import bootstrap_ci_two_sample
+from metrics.functional.bootstrap import BC_SHIFTED, bootstrap_ci, bootstrap_ci_two_sample
 from metrics.functional.neighbours import nearest_neighbours
 
 log = logging.getLogger("braingenbench.metrics")
@@ -58,6 +61,13 @@ def mann_whitney_z(d_query: np.ndarray, d_test: np.ndarray) -> float:
     ranks = rankdata(np.concatenate([a, b]))
     u = ranks[:m].sum() - m * (m + 1) / 2.0
     return float((u - m * n / 2.0) / np.sqrt(m * n * (m + n + 1) / 12.0))
+
+
+def cross_fitted_share(d_ref: np.ndarray, q: float, half_a: np.ndarray, half_b: np.ndarray) -> float:
+    """The memorisation floor: the share of held-out distances of one half below the ``q``-quantile
+    of the other half, both ways, averaged (≈ ``q`` for exchangeable real data)."""
+    return float(np.mean([np.mean(d_ref[half_b] < np.quantile(d_ref[half_a], q)),
+                          np.mean(d_ref[half_a] < np.quantile(d_ref[half_b], q))]))
 
 
 class Memorization(FeatureMetric):
@@ -96,7 +106,8 @@ class Memorization(FeatureMetric):
     def config(self) -> dict:
         return {"extractor": self.extractor, "quantile": self.quantile, "copy_rel_eps": self.copy_rel_eps,
                 "n_boot": self.n_boot, "distance": "euclidean, nearest training sample",
-                "threshold": "quantile of floor-set NN distances", "ci": "two-sample percentile bootstrap, 95%"}
+                "threshold": "quantile of held-out reference NN distances",
+                "ci": f"{BC_SHIFTED}; two-sample (generated and reference), 95%"}
 
     def compute(self, sets: EvalSets, *, seed: int) -> MetricResult:
         g, r, t, dim = self.feature_sets(sets, "generated", "reference", "train")
@@ -117,10 +128,13 @@ class Memorization(FeatureMetric):
         value = float(np.mean(d_g < tau))
         half = np.random.default_rng([seed, 7]).permutation(r.shape[0])
         a_idx, b_idx = half[: r.shape[0] // 2], half[r.shape[0] // 2:]
-        floor = float(np.mean([np.mean(d_r[b_idx] < np.quantile(d_r[a_idx], q)),
-                               np.mean(d_r[a_idx] < np.quantile(d_r[b_idx], q))]))
-        lo, hi = bootstrap_ci_two_sample(lambda a, b: float(np.mean(d_g[a] < np.quantile(d_r[b], q))),
-                                         g.shape[0], r.shape[0], n_boot=self.n_boot, seed=seed)
+        floor = cross_fitted_share(d_r, q, a_idx, b_idx)
+        ci = bootstrap_ci_two_sample(lambda a, b: float(np.mean(d_g[a] < np.quantile(d_r[b], q))),
+                                     g.shape[0], r.shape[0], n_boot=self.n_boot, seed=seed, estimate=value,
+                                     shift_bias=True).clipped(0.0, 1.0)
+        # the floor's interval: resample the reference, split the resample at the same positions
+        fci = bootstrap_ci(lambda s: cross_fitted_share(d_r[s], q, a_idx, b_idx), r.shape[0], n_boot=self.n_boot,
+                           seed=seed, estimate=floor, shift_bias=True).clipped(0.0, 1.0)
         median_r = float(np.median(d_r))
         copy_eps = self.copy_rel_eps * median_r
         copies = float(np.mean(d_g < copy_eps))
@@ -141,8 +155,9 @@ class Memorization(FeatureMetric):
             "floor_copy_fraction": float(np.mean(d_r < copy_eps)),
             "c_t_zscore": mann_whitney_z(d_g, d_r),
             "floor_c_t_zscore": mann_whitney_z(d_r[b_idx], d_r[a_idx]),
-            "ci_method": "two-sample percentile bootstrap (generated and reference resampled; threshold re-estimated)",
+            **ci.details("generated and reference resampled independently; threshold re-estimated"),
             "floor_method": "cross-fitted halves of the held-out reference",
+            "floor_ci_method": f"{fci.method}; reference resampled, halves kept at the same positions",
         }
-        return MetricResult(value=value, higher_is_better=False, n=int(g.shape[0]), ci_low=lo, ci_high=hi,
-                            floor=floor, warnings=warnings, details=details)
+        return MetricResult(value=value, higher_is_better=False, n=int(g.shape[0]), ci_low=ci.low, ci_high=ci.high,
+                            floor=floor, floor_ci=list(fci), warnings=warnings, details=details)

@@ -8,10 +8,12 @@ the mean/std of the reference set (FRD's first-set normalisation), features cons
 reference are dropped, and the value is the Fréchet distance between the generated and reference
 sets (lower is better); the floor is FRD(floor, reference) under the same standardisation.
 
-The CI is a two-sample percentile bootstrap over volumes (generated and reference resampled
-independently) with the standardisation held fixed at the full reference set; FD from resampled
-sets (duplicated rows) is biased upwards, so the interval is shifted by the bootstrap bias estimate
-exactly as for FID (:func:`metrics.fid.fd_bootstrap_ci`).
+The CI is a two-sample bootstrap over volumes (generated and reference resampled independently)
+with the standardisation held fixed at the full reference set; FD from resampled sets (duplicated
+rows) is biased upwards, so, exactly as for FID (:func:`metrics.fid.fd_bootstrap_ci`), the interval
+is the bias-corrected percentile interval (BC, Efron 1987) of the resamples shifted by the bootstrap
+bias estimate, extended to contain the value. The floor's interval (``floor_ci``) is the same with
+the floor set in place of the generated set.
 
 The details list per-feature Cohen's d (generated vs reference) and the ten features with the
 largest |d|: they say *which* property of the images is off (noise -> first-order entropy, GLCM
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 
 from metrics.base import EvalSets, Metric, MetricResult, small_n_warning
-from metrics.fid import FD_CI_METHOD, fd_bootstrap_ci
+from metrics.fid import FD_CI_METHOD, FD_CI_RESAMPLING, fd_bootstrap_ci
 from metrics.functional.frechet import frechet_distance_from_features
 from metrics.functional.radiomics import Standardiser, cohens_d, top_effects
 
@@ -53,7 +55,7 @@ class Radiomics(Metric):
 
     def config(self) -> dict:
         return {"extractor": self.extractor, "normalisation": "z-score by reference mean/std (ddof=0)",
-                "n_boot": self.n_boot}
+                "n_boot": self.n_boot, "ci": FD_CI_METHOD + ", 95%"}
 
     def compute(self, sets: EvalSets, *, seed: int) -> MetricResult:
         gen, ref, flo = (sets.features(self.extractor, w) for w in ("generated", "reference", "floor"))
@@ -67,12 +69,14 @@ class Radiomics(Metric):
         zg, zr, zf = st(gen), st(ref), st(flo)
         value = frechet_distance_from_features(zg, zr)
         floor = frechet_distance_from_features(zf, zr)
-        lo, hi, bias = fd_bootstrap_ci(zg, zr, n_boot=self.n_boot, seed=seed)
+        ci = fd_bootstrap_ci(zg, zr, n_boot=self.n_boot, seed=seed, estimate=value)
+        fci = fd_bootstrap_ci(zf, zr, n_boot=self.n_boot, seed=seed, estimate=floor)
         d = cohens_d(gen[:, st.keep], ref[:, st.keep])
         warnings = small_n_warning(min(zg.shape[0], zr.shape[0]), len(kept), "radiomics FRD")
         return MetricResult(
-            value=float(value), higher_is_better=False, n=int(gen.shape[0]), ci_low=lo, ci_high=hi,
-            floor=float(floor), warnings=warnings,
-            details={**self.config(), "voxel_size": sets.voxel_size, "n_features": len(kept), "bootstrap_bias": bias, "ci_method": FD_CI_METHOD,
+            value=float(value), higher_is_better=False, n=int(gen.shape[0]), ci_low=ci.low, ci_high=ci.high,
+            floor=float(floor), floor_ci=list(fci), warnings=warnings,
+            details={**self.config(), "voxel_size": sets.voxel_size, "n_features": len(kept),
+                     **ci.details(FD_CI_RESAMPLING),
                      "dropped_features": dropped, "top_effects": top_effects(d, kept, 10),
                      "cohens_d": {nm: float(x) for nm, x in zip(kept, d)}})

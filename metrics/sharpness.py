@@ -72,8 +72,8 @@ class SpectralSharpness(Metric):
         d_g, d_f = spectral_distance_db(p_g, t), spectral_distance_db(p_f, t)
         hf = centres >= self.hf_from * centres[-1]
         value, floor = float(np.mean(d_g)), float(np.mean(d_f))
-        lo, hi = mean_ci(d_g, n_boot=self.n_boot, seed=seed)
-        flo, fhi = mean_ci(d_f, n_boot=self.n_boot, seed=seed)
+        ci = mean_ci(d_g, n_boot=self.n_boot, seed=seed, estimate=value)
+        fci = mean_ci(d_f, n_boot=self.n_boot, seed=seed, estimate=floor)
         details = {
             "hf_excess_db": float(np.nanmean((p_g - t)[:, hf])),
             "floor_hf_excess_db": float(np.nanmean((p_f - t)[:, hf])),
@@ -81,10 +81,9 @@ class SpectralSharpness(Metric):
             "frequencies_cycles_per_mm": [float(c) for c in centres],
             "mean_profile_db": {"generated": _list(np.nanmean(p_g, 0)), "reference": _list(np.nanmean(p_r, 0)),
                                 "floor": _list(np.nanmean(p_f, 0))},
-            "ci_method": "percentile bootstrap of the mean over volumes", **self.config()}
-        return MetricResult(value=value, higher_is_better=False, n=int(len(d_g)), ci_low=min(lo, value),
-                            ci_high=max(hi, value), floor=floor, floor_ci=[min(flo, floor), max(fhi, floor)],
-                            details=details)
+            **ci.details("generated volumes resampled"), **self.config()}
+        return MetricResult(value=value, higher_is_better=False, n=int(len(d_g)), ci_low=ci[0], ci_high=ci[1],
+                            floor=floor, floor_ci=list(fci), details=details)
 
 
 class _profiles_only:

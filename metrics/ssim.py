@@ -7,7 +7,9 @@ empty background does not inflate the score.
 
 Volumes are read one shard at a time: :func:`paired_ssim_rows` runs on aligned shards of the
 generated, reference and floor sets (:meth:`~metrics.base.EvalSets.map`) and returns per-volume
-values; the mean and its bootstrap CI are computed from those.
+values; the mean and its bootstrap CI are computed from those: the bias-corrected percentile
+interval (BC, Efron 1987) of the mean over prompts, which contains the value; the floor's interval
+(``floor_ci``) is computed the same way from the floor's per-volume values.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from functools import partial
 import numpy as np
 
 from metrics.base import EvalSets, Metric, MetricResult, log
-from metrics.functional.bootstrap import mean_ci
+from metrics.functional.bootstrap import BC, mean_ci
 from metrics.functional.ssim import ssim3d
 
 
@@ -68,7 +70,7 @@ class PairedSSIM(Metric):
     def config(self) -> dict:
         return {"window": "gaussian", "sigma": self.sigma, "kernel_size": self.kernel_size,
                 "data_range": self.data_range, "in_mask": self.in_mask, "border": "cropped (valid region)",
-                "k1": 0.01, "k2": 0.03}
+                "k1": 0.01, "k2": 0.03, "ci": f"{BC} of the mean over prompts, 95%"}
 
     def compute(self, sets: EvalSets, *, seed: int) -> MetricResult:
         if sets.generated.shape != sets.reference.shape:
@@ -85,10 +87,12 @@ class PairedSSIM(Metric):
             log.warning(msg)
             warnings.append(msg)
         vals, floor_vals = rows["ssim"], rows["floor_ssim"]
-        ok = np.isfinite(vals)
-        lo_ci, hi_ci = mean_ci(vals[ok], seed=seed)
+        ok, fok = np.isfinite(vals), np.isfinite(floor_vals)
+        value, floor = float(np.mean(vals[ok])), float(np.mean(floor_vals[fok]))
+        ci = mean_ci(vals[ok], seed=seed, estimate=value)
+        fci = mean_ci(floor_vals[fok], seed=seed, estimate=floor)
         return MetricResult(
-            value=float(np.mean(vals[ok])), higher_is_better=True, n=int(ok.sum()), ci_low=lo_ci, ci_high=hi_ci,
-            floor=float(np.nanmean(floor_vals)), warnings=warnings,
+            value=value, higher_is_better=True, n=int(ok.sum()), ci_low=ci.low, ci_high=ci.high,
+            floor=floor, floor_ci=list(fci), warnings=warnings,
             details={"per_sample": [float(v) for v in vals], "floor_per_sample": [float(v) for v in floor_vals],
-                     **self.config()})
+                     **self.config(), **ci.details("prompts resampled")})

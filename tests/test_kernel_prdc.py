@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -144,9 +149,55 @@ def test_prdc_matches_reference_algorithm(k):
 def test_prdc_identical_sets():
     x = np.random.default_rng(11).normal(size=(60, 10))
     res = prdc(x, x.copy(), k=5)
-    assert res["precision"] == 1.0 and res["recall"] == 1.0 and res["coverage"] == 1.0
-    # each real ball holds its own copy plus k-1 strictly nearer neighbours: density = 1 exactly
-    assert res["density"] == pytest.approx(1.0, abs=1e-12)
+    # each real ball holds its own copy plus k-1 strictly nearer neighbours: density = 1 exactly, on
+    # every processor (a real and a fake copy of a point have bit-identical distances)
+    assert res == {"precision": 1.0, "recall": 1.0, "density": 1.0, "coverage": 1.0}
+    perm = np.random.default_rng(0).permutation(60)
+    assert prdc(x, x[perm], k=5) == res and prdc(x[perm], x, k=5) == res
+
+
+def prdc_exact_integer(real: np.ndarray, fake: np.ndarray, k: int) -> dict[str, float]:
+    """PRDC of integer-valued features in exact integer arithmetic (squared distances, no rounding)."""
+    real, fake = real.astype(np.int64), fake.astype(np.int64)
+
+    def sq(a, b):
+        return ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+
+    def radii(a):
+        d = sq(a, a)
+        np.fill_diagonal(d, np.iinfo(np.int64).max)
+        return np.sort(d, axis=1)[:, k - 1]
+
+    rr, rf, d = radii(real), radii(fake), sq(real, fake)
+    inside = d < rr[:, None]
+    return {"precision": float(inside.any(axis=0).mean()), "recall": float((d < rf[None, :]).any(axis=1).mean()),
+            "density": float(inside.sum(axis=0).mean() / k), "coverage": float((d.min(axis=1) < rr).mean())}
+
+
+def test_prdc_identical_sets_with_exact_ties():
+    """Integer features and duplicated rows: many distances tie exactly, also at the ball radii."""
+    rng = np.random.default_rng(14)
+    # every point twice (k a multiple of the multiplicity): the k-th neighbour's copy ties with it, and
+    # density is still exactly 1 — distinct points far apart enough that no other distances tie
+    base = rng.integers(0, 200, size=(30, 3)).astype(np.float64)
+    x = np.repeat(base, 2, axis=0)
+    for k in (2, 4):
+        assert prdc_exact_integer(x, x, k)["density"] == 1.0
+        assert prdc(x, x.copy(), k=k) == {"precision": 1.0, "recall": 1.0, "density": 1.0, "coverage": 1.0}
+    # the same with continuous features far from 0 (where the Gram expansion cancels and rounds)
+    x = np.repeat(rng.normal(size=(30, 32)) + 100.0, 2, axis=0)
+    for k in (2, 4):
+        assert prdc(x, x.copy(), k=k) == {"precision": 1.0, "recall": 1.0, "density": 1.0, "coverage": 1.0}
+    # small integer range: ties everywhere; the result is the exact-arithmetic one, ties decided alike
+    x = np.concatenate([rng.integers(0, 4, size=(50, 4)), rng.integers(0, 4, size=(10, 4))[[0, 0, 1, 2, 3]]])
+    x = x.astype(np.float64)
+    for k in (3, 5):
+        res = prdc(x, x.copy(), k=k)
+        assert res == prdc_exact_integer(x, x, k), k
+        assert res["precision"] == res["recall"] == res["coverage"] == 1.0
+        assert res["density"] < 1.0  # ties at the radius: the strict ball holds fewer than k points
+    y = rng.integers(0, 4, size=(40, 4)).astype(np.float64)
+    assert prdc(x, y, k=5) == prdc_exact_integer(x, y, 5)
 
 
 def test_prdc_disjoint_clusters():
@@ -198,9 +249,75 @@ def test_nearest_neighbours_exclude_self_and_exact_copies():
     d, i = nearest_neighbours(near, x)
     np.testing.assert_array_equal(i, np.arange(40))
     np.testing.assert_allclose(d, np.linalg.norm(near - x, axis=1), rtol=1e-12)
-    assert not np.allclose(pairwise_distances(near, x).diagonal(), d, rtol=0.5)  # the BLAS expansion cannot
+    np.testing.assert_array_equal(pairwise_distances(near, x).diagonal(), d)  # no Gram-expansion cancellation
     np.testing.assert_allclose(kth_nn_distance(x, 3), np.sort(full, axis=1)[:, 2], rtol=1e-9)
     with pytest.raises(ValueError, match="same set"):
         nearest_neighbours(x, x[:10], exclude_self=True)
     with pytest.raises(ValueError, match="k="):
         nearest_neighbours(x[:3], x[:3], k=3, exclude_self=True)
+
+
+def test_nearest_neighbours_ties_go_to_the_lowest_index():
+    rng = np.random.default_rng(22)
+    ref = rng.normal(size=(10, 5))
+    ref[7] = ref[3]  # an exact duplicate
+    d, i = nearest_neighbours(ref[[3, 7]], ref)
+    np.testing.assert_array_equal(i, [3, 3])
+    assert (d == 0).all()
+    d, i = nearest_neighbours(ref, ref, k=2, exclude_self=True)
+    assert i[3, 0] == 7 and i[7, 0] == 3 and d[3, 0] == 0 and d[7, 0] == 0
+
+
+# ------------------------------------------------------------------------- distances: one routine
+
+
+@pytest.mark.parametrize("f", [1, 3, 64, 2048])
+def test_distance_depends_only_on_the_two_rows(f):
+    """d(x_i, y_j) is the same float, bit for bit, whatever sets the rows sit in."""
+    rng = np.random.default_rng(30 + f)
+    x, y = rng.normal(size=(5, f)) * 37.0, rng.normal(size=(7, f)) * 37.0 + 1.0
+    d = pairwise_distances(x, y)
+    # the same rows at other positions of larger sets
+    big_x, big_y = rng.normal(size=(50, f)), rng.normal(size=(61, f))
+    px, py = rng.choice(50, 5, replace=False), rng.choice(61, 7, replace=False)
+    big_x[px], big_y[py] = x, y
+    np.testing.assert_array_equal(pairwise_distances(big_x, big_y)[np.ix_(px, py)], d)
+    both = np.concatenate([big_x, big_y])  # within one set (the symmetric, triangle-only path)
+    np.testing.assert_array_equal(pairwise_distances(both)[np.ix_(px, 50 + py)], d)
+    np.testing.assert_array_equal(pairwise_distances(y, x), d.T)
+    # each entry is the plain difference-vector formula of its two rows
+    ref = np.array([[np.sqrt(np.sum(np.square(a - b))) for b in y] for a in x])
+    np.testing.assert_array_equal(d, ref)
+    np.testing.assert_allclose(d, cdist(x, y), rtol=1e-13)
+    # a row's distance to itself (or to its copy in another set) is exactly 0
+    assert (np.diag(pairwise_distances(big_x)) == 0).all()
+    assert (np.diag(pairwise_distances(big_x, big_x.copy())) == 0).all()
+    np.testing.assert_array_equal(pairwise_distances(big_x), pairwise_distances(big_x, big_x.copy()))
+
+
+_DIGEST = """
+import hashlib, numpy as np
+from metrics.functional.neighbours import pairwise_distances
+from metrics.functional.prdc import prdc
+rng = np.random.default_rng(0)
+x = rng.normal(size=(120, 96)) * 10.0
+y = np.concatenate([x[:40], rng.normal(size=(60, 96)) * 10.0])
+d = np.concatenate([pairwise_distances(x).ravel(), pairwise_distances(x, y).ravel()])
+print(hashlib.sha256(d.tobytes()).hexdigest(), sorted(prdc(x, y, k=5).items()), prdc(x, x.copy(), k=5)["density"])
+"""
+
+
+def test_distances_do_not_depend_on_the_blas_kernel():
+    """The same bits under different OpenBLAS kernels (the Gram expansion rounded differently per kernel)."""
+    root = Path(__file__).resolve().parents[1]
+    out = set()
+    for core in (None, "Haswell", "Sandybridge"):
+        env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+        if core:
+            env["OPENBLAS_CORETYPE"] = core
+        res = subprocess.run([sys.executable, "-c", _DIGEST], cwd=root, env=env, capture_output=True, text=True,
+                             timeout=120)
+        assert res.returncode == 0, res.stderr
+        out.add(res.stdout)
+    assert len(out) == 1, out
+    assert out.pop().strip().endswith(" 1.0")

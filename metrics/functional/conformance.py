@@ -409,10 +409,18 @@ class ConformancePredictors:
 
 # ----------------------------------------------------------------------------------- scores
 def pearson_r(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson's r; NaN with fewer than 3 pairs or a constant side (std < 1e-12). Written out rather
+    than through ``np.corrcoef``: the bootstrap calls it thousands of times per run."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if len(a) < 3 or a.std() < 1e-12 or b.std() < 1e-12:
+    n = len(a)
+    if n < 3:
         return float("nan")
-    return float(np.corrcoef(a, b)[0, 1])
+    a = a - a.mean()
+    b = b - b.mean()
+    saa, sbb = float(a @ a), float(b @ b)
+    if saa < n * 1e-24 or sbb < n * 1e-24:  # population std < 1e-12
+        return float("nan")
+    return float(np.clip((a @ b) / np.sqrt(saa * sbb), -1.0, 1.0))
 
 
 def safe_float(x) -> float | None:

@@ -63,7 +63,7 @@ def median_heuristic_bandwidth(x, y=None) -> float:
     Falls back to 1.0 (with a warning) when all items coincide.
     """
     z = as_features(x, "x") if y is None else np.concatenate([as_features(x, "x"), as_features(y, "y")], axis=0)
-    d = pairwise_distances(z, z)
+    d = pairwise_distances(z)
     iu = np.triu_indices(z.shape[0], k=1)
     med = float(np.median(d[iu])) if iu[0].size else 0.0
     if not med > 0:

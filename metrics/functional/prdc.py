@@ -11,6 +11,14 @@ likewise among fakes), ``B(c, r)`` the open ball (strict ``<``)::
 
 Precision/density measure fidelity, recall/coverage diversity; all are higher-is-better, density is
 unbounded (≈ 1 when the distributions match).
+
+Every comparison ``d < r`` is decided on distances from :func:`metrics.functional.neighbours.pairwise_distances`,
+whose ``d(a, b)`` depends only on the two rows: a real and a fake copy of the same point have
+bit-identical distances to everything, so ties at a ball's radius are decided the same whatever the
+processor. Identical real and fake sets give precision = recall = coverage = 1 (as long as no item
+has ``k`` exact duplicates, which would make its radius 0) and density
+``1/(kN) Σ_i #{j: d_ij < r_i}``, which is exactly 1 when no item has a tie at its ``k``-th distance
+(with ties the strict ball holds fewer than ``k`` points).
 """
 
 from __future__ import annotations
@@ -74,5 +82,4 @@ def prdc(real, fake, *, k: int = 5) -> dict[str, float]:
     """
     real = as_features(real, "real")
     fake = as_features(fake, "fake")
-    return prdc_from_distances(pairwise_distances(real, real), pairwise_distances(fake, fake),
-                               pairwise_distances(real, fake), k=k)
+    return prdc_from_distances(pairwise_distances(real), pairwise_distances(fake), pairwise_distances(real, fake), k=k)
