@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="CSV path (default: stdout)")
     p.add_argument("--limit", type=int, default=None)
 
+    _accept_anywhere(sub, "--quiet", "--verbose")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else (logging.WARNING if args.quiet else logging.INFO),
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -154,6 +155,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         raise
+
+
+def _accept_anywhere(sub, *flags: str) -> None:
+    """Let the global flags also follow a command (``python -m bench run ... --quiet``)."""
+    for choice in sub.choices.values():
+        for flag in flags:
+            choice.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        for action in choice._subparsers._group_actions if choice._subparsers else []:
+            _accept_anywhere(action, *flags)
 
 
 def _dispatch(args) -> int:
@@ -240,6 +250,8 @@ def _cmd_run(args) -> int:
     from bench.args import parse_kv
 
     registry.generators.canonical(args.generator)  # unknown names fail before any heavy import
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1 (the number of prompts to use), got {args.limit}")
     from bench.records import load_record
     from bench.runner import RunConfig, run
 

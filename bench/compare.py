@@ -259,14 +259,7 @@ class Comparison:
 
 
 # ------------------------------------------------------------------------------------- helpers
-def _f(x: Any) -> float | None:
-    if isinstance(x, bool) or x is None:
-        return None
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
+_f = verdicts.to_float
 
 
 def _summary(rec: dict, path: str) -> dict:

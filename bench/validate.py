@@ -116,19 +116,19 @@ def build_report(records: dict[str, list[tuple[Path, dict]]]) -> dict:
         levels = [float(rec["generator"]["info"]["amount"]) for _, rec in runs]
         for key in keys:
             entries = [rec["metrics"].get(key) or {} for _, rec in runs]
-            values = [verdicts._f(e.get("value")) for e in entries]
+            values = [verdicts.to_float(e.get("value")) for e in entries]
             bad = [verdicts.badness(e) for e in entries]
             detected = next((i + 1 for i, e in enumerate(entries) if verdicts.excludes_floor(e)), None)
             metrics[key][kind] = {
                 "levels": levels, "values": values,
-                "ci": [[verdicts._f(e.get("ci_low")), verdicts._f(e.get("ci_high"))] for e in entries],
+                "ci": [[verdicts.to_float(e.get("ci_low")), verdicts.to_float(e.get("ci_high"))] for e in entries],
                 "monotone": all(_worse_or_equal(a, b) for a, b in zip(bad, bad[1:])) and None not in bad,
                 "detected_at": detected,
             }
             for e in entries:
-                if verdicts._f(e.get("seconds")) is not None:
+                if verdicts.to_float(e.get("seconds")) is not None:
                     seconds[key].append(float(e["seconds"]))
-                if key not in floor and verdicts._f(e.get("floor")) is not None:
+                if key not in floor and verdicts.to_float(e.get("floor")) is not None:
                     floor[key] = {"value": float(e["floor"]), "ci": list(verdicts.floor_ci(e) or []) or None,
                                   "direction": verdicts.direction(e), "axis": e.get("axis"),
                                   "description": e.get("description", "")}

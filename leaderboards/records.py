@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -145,15 +144,7 @@ def load_records_with_paths(runs_dir: str | Path) -> list[tuple[Path, dict]]:
 # --------------------------------------------------------------------------------------------
 
 
-def to_float(value: Any) -> float | None:
-    """Coerce a JSON value to a finite float, or None (null, NaN, inf, non-numeric)."""
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if math.isfinite(out) else None
+to_float = verdicts.to_float
 
 
 def fmt_number(value: float | None, digits: int = 4) -> str:

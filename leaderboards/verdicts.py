@@ -39,14 +39,29 @@ _DEFAULT_HEADLINE = {
 }
 
 
-def _f(x: Any) -> float | None:
-    if isinstance(x, bool) or x is None:
+def to_float(value: Any) -> float | None:
+    """A JSON value as a finite float, or None (null, NaN, inf, bool, non-numeric)."""
+    if isinstance(value, bool) or value is None:
         return None
     try:
-        v = float(x)
+        v = float(value)
     except (TypeError, ValueError):
         return None
     return v if math.isfinite(v) else None
+
+
+_f = to_float
+
+
+def _against_floor(entry: dict) -> tuple[str, float, float, float] | None:
+    """``(direction, floor, low, high)`` with the value's interval widened to the value, or None
+    when the value, floor or direction is unknown."""
+    v, fl = _f(entry.get("value")), _f(entry.get("floor"))
+    d = direction(entry)
+    if v is None or fl is None or d is None:
+        return None
+    lo, hi = _f(entry.get("ci_low")), _f(entry.get("ci_high"))
+    return d, fl, (v if lo is None else min(lo, v)), (v if hi is None else max(hi, v))
 
 
 def direction(entry: dict) -> str | None:
@@ -100,13 +115,10 @@ def versus_floor(entry: dict) -> str | None:
     """Where the value sits against the real-vs-real floor: ``"at floor"`` (intervals overlap, or the
     value is inside the floor's interval), ``"worse"``, ``"better"`` (better than real data: for a
     lower/higher metric, usually a sign that the metric is blind to something) or None (unknown)."""
-    v, fl = _f(entry.get("value")), _f(entry.get("floor"))
-    d = direction(entry)
-    if v is None or fl is None or d is None:
+    got = _against_floor(entry)
+    if got is None:
         return None
-    lo, hi = _f(entry.get("ci_low")), _f(entry.get("ci_high"))
-    lo = v if lo is None else min(lo, v)
-    hi = v if hi is None else max(hi, v)
+    d, fl, lo, hi = got
     flo, fhi = floor_ci(entry) or (fl, fl)
     if hi >= flo and lo <= fhi:
         return "at floor"
@@ -122,13 +134,10 @@ def excludes_floor(entry: dict) -> bool:
     """The report card's detection rule: the value's interval excludes the floor *value* on the worse
     side (``lower``: ``ci_low > floor``; ``higher``: ``ci_high < floor``; ``target``: the floor lies
     outside the interval). Without an interval the value itself is used."""
-    v, fl = _f(entry.get("value")), _f(entry.get("floor"))
-    d = direction(entry)
-    if v is None or fl is None or d is None:
+    got = _against_floor(entry)
+    if got is None:
         return False
-    lo, hi = _f(entry.get("ci_low")), _f(entry.get("ci_high"))
-    lo = v if lo is None else min(lo, v)
-    hi = v if hi is None else max(hi, v)
+    d, fl, lo, hi = got
     if d == "lower":
         return lo > fl
     if d == "higher":

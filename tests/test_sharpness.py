@@ -116,3 +116,18 @@ def test_corruption_is_seeded():
     c = apply_corruption(v, "deformation", 2.0, mask=mask, rng=np.random.default_rng(8))
     np.testing.assert_array_equal(a, b)
     assert np.abs(a - c).max() > 0
+
+
+def test_brain_window_is_a_soft_eroded_mask():
+    from metrics.functional.spectrum import brain_window
+
+    shape = (32, 32, 32)
+    zz, yy, xx = np.indices(shape)
+    mask = (zz - 16) ** 2 / 144 + (yy - 16) ** 2 / 100 + (xx - 16) ** 2 / 121 <= 1
+    w = brain_window(mask, erode=2, taper=1.5)
+    assert w.min() >= 0 and w.max() <= 1
+    assert w[16, 16, 16] > 0.999  # deep inside: untouched
+    assert w[~mask].max() < 0.2  # outside the brain: nearly zero
+    np.testing.assert_array_equal(brain_window(mask, erode=0, taper=0), mask.astype(float))
+    with pytest.raises(ValueError, match="empty after eroding"):
+        brain_window(np.zeros(shape, bool) | (zz == 3), erode=2)

@@ -10,7 +10,10 @@ spectral deficits of generative models).
 
 Definitions, for a volume ``v`` with brain mask ``m`` and voxel size ``h`` mm:
 
-* ``u = (v - mean_m(v)) · m`` — the brain, centred, zero outside;
+* ``w`` = the brain mask eroded by ``erode`` voxels and smoothed by a Gaussian of ``taper`` voxels: a
+  soft window, so that the brain's outline (a sharp step from tissue to zero) does not flood every
+  frequency shell with the spectrum of its own edge and hide the anatomy inside;
+* ``u = (v - mean_w(v)) · w`` — the brain, centred, tapered to zero outside;
 * ``P(k) = |FFT(u)(k)|²`` on the grid of frequencies ``k`` (cycles/mm);
 * the radial profile averages ``P`` over shells ``|k| ∈ [f_b, f_{b+1})``, ``n_bins`` equal shells from
   0 to the Nyquist frequency ``1/(2h)``, the DC term left out;
@@ -26,7 +29,21 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["radial_power_spectrum", "spectrum_bins", "spectral_distance_db"]
+__all__ = ["radial_power_spectrum", "spectrum_bins", "spectral_distance_db", "brain_window"]
+
+
+def brain_window(mask: np.ndarray, *, erode: int = 2, taper: float = 1.5) -> np.ndarray:
+    """The soft analysis window: ``mask`` eroded by ``erode`` voxels, smoothed by a Gaussian of
+    ``taper`` voxels (float64 in [0, 1]). ``taper=0`` gives the hard (eroded) mask."""
+    from scipy.ndimage import binary_erosion, gaussian_filter
+
+    m = np.asarray(mask, bool)
+    if erode > 0:
+        m = binary_erosion(m, iterations=int(erode))
+    if not m.any():
+        raise ValueError(f"spectrum: the brain mask is empty after eroding it by {erode} voxels")
+    w = m.astype(np.float64)
+    return gaussian_filter(w, taper) if taper > 0 else w
 
 
 def spectrum_bins(shape: tuple[int, ...], voxel_size: float, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
@@ -48,12 +65,14 @@ def spectrum_bins(shape: tuple[int, ...], voxel_size: float, n_bins: int) -> tup
 
 
 def radial_power_spectrum(volumes: np.ndarray, mask: np.ndarray | None = None, *, voxel_size: float = 1.0,
-                          n_bins: int = 16, fft=np.fft.fftn) -> tuple[np.ndarray, np.ndarray]:
+                          n_bins: int = 16, erode: int = 2, taper: float = 1.5,
+                          fft=np.fft.fftn) -> tuple[np.ndarray, np.ndarray]:
     """Normalised radial power spectra in dB.
 
     Args:
         volumes: ``(N, 1, D, H, W)`` (or ``(N, D, H, W)``) volumes.
-        mask: ``(D, H, W)`` bool brain mask (default: every voxel).
+        mask: ``(D, H, W)`` bool brain mask (default: every voxel, no window).
+        erode, taper: the soft window made from ``mask`` (:func:`brain_window`).
         voxel_size: isotropic voxel size in mm.
         n_bins: equal-width frequency shells between 0 and Nyquist.
         fft: the n-dimensional FFT to use (``numpy.fft.fftn`` or ``scipy.fft.fftn``; the tests check
@@ -71,17 +90,21 @@ def radial_power_spectrum(volumes: np.ndarray, mask: np.ndarray | None = None, *
     if v.ndim != 4:
         raise ValueError(f"spectrum: volumes must be (N, 1, D, H, W) or (N, D, H, W), got {v.shape}")
     shape = v.shape[1:]
-    m = np.ones(shape, bool) if mask is None else np.asarray(mask, bool)
-    if m.shape != shape:
-        raise ValueError(f"spectrum: mask shape {m.shape} does not match the volumes' {shape}")
-    if not m.any():
-        raise ValueError("spectrum: the brain mask is empty")
+    if mask is None:
+        w = np.ones(shape)
+    else:
+        m = np.asarray(mask, bool)
+        if m.shape != shape:
+            raise ValueError(f"spectrum: mask shape {m.shape} does not match the volumes' {shape}")
+        if not m.any():
+            raise ValueError("spectrum: the brain mask is empty")
+        w = brain_window(m, erode=erode, taper=taper)
     idx, centres = spectrum_bins(shape, voxel_size, n_bins)
     keep = idx >= 0
     counts = np.bincount(idx[keep], minlength=n_bins).astype(np.float64)
     out = np.empty((v.shape[0], n_bins))
     for i, x in enumerate(v):
-        u = np.where(m, x - x[m].mean(), 0.0)
+        u = (x - (x * w).sum() / w.sum()) * w
         p = np.abs(fft(u)) ** 2
         prof = np.bincount(idx[keep], weights=p[keep], minlength=n_bins)
         with np.errstate(invalid="ignore", divide="ignore"):
