@@ -35,6 +35,8 @@ def _add_run(sub) -> None:
                    help="Ray cluster address (e.g. auto, host:6379, ray://host:10001); default: a private local cluster")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="reuse what an earlier identical run finished (default) or start over")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 when a metric failed (the record is still written, with status 'partial')")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,8 +262,13 @@ def _cmd_run(args) -> int:
                     seed=args.seed, limit=args.limit, device=args.device, resume=args.resume, quiet=args.quiet,
                     executor=args.executor, ray_address=args.ray_address)
     path = run(cfg)
-    print(format_results(load_record(path)))
+    rec = load_record(path)
+    print(format_results(rec))
     print(f"\nrecord: {path}")
+    if args.strict and rec.get("failed_metrics"):
+        print(f"error: {len(rec['failed_metrics'])} metric(s) failed: {', '.join(rec['failed_metrics'])} "
+              "(re-run the same command to retry them)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -2,7 +2,7 @@
 
 Schema (``schema_version`` 1)::
 
-    schema_version, run_id, created, status ("complete" | "incomplete"),
+    schema_version, run_id, created, status ("complete" | "partial": some metrics failed, listed in ``failed_metrics``),
     generator {name, args, info}, suite {name, version, grid, n_prompts, description},
     reference {name, content_hash, synthetic, n_subjects, label, path},
     seed, limit, device,

@@ -301,8 +301,14 @@ def code_fingerprint() -> str:
     return h.hexdigest()
 
 
-def run_id_for(cfg: RunConfig, suite: Suite, gen_args: dict, reference: str) -> str:
-    key = {"code": code_fingerprint(),"generator": registry.generators.canonical(cfg.generator), "generator_args": gen_args,
+def run_id_for(cfg: RunConfig, suite: Suite, gen_args: dict, reference: str, generator_info: dict | None = None,
+               cohort_hash: str | None = None) -> str:
+    """The run folder name. Keyed on content, not only on arguments: the generator's ``info()`` (which
+    carries its checkpoint's sha256, or the folder adapter's sample-file digest) and the reference
+    cohort's content hash are part of the key, so replacing a checkpoint's bytes at the same path
+    starts a new run instead of resuming the old one."""
+    key = {"code": code_fingerprint(), "generator": registry.generators.canonical(cfg.generator),
+           "generator_args": gen_args, "generator_info": _jsonable(generator_info or {}), "cohort": cohort_hash,
            "extractor_args": cfg.extractor_args, "suite": suite.to_dict(), "reference": reference,
            "seed": cfg.seed if cfg.seed is not None else suite.seed, "limit": cfg.limit, "shard": SHARD}
     return f"{suite.name}-{registry.generators.canonical(cfg.generator)}-{hash_obj(key)[:10]}"
@@ -330,7 +336,7 @@ def run(cfg: RunConfig) -> Path:
     metrics = [(spec, build_metric(spec)) for spec in suite.metrics]
     timings["setup"] = time.perf_counter() - t
 
-    run_id = run_id_for(cfg, suite, gen_args, reference)
+    run_id = run_id_for(cfg, suite, gen_args, reference, generator.info(), cohort.content_hash)
     run_dir = Path(cfg.out) / run_id
     if run_dir.exists() and not cfg.resume:
         shutil.rmtree(run_dir)
@@ -435,12 +441,14 @@ def _evaluate(cfg: RunConfig, suite: Suite, cohort: Cohort, generator, gen_args:
         raise ValueError(f"--extractor-args {sorted(unused)} were not accepted by any extractor this suite uses")
 
     extractor_names = sorted({e for _, m in metrics for e in m.extractors()})
+    failed = sorted(k for k, r in results.items() if r.get("value") is None and (r.get("details") or {}).get("error"))
     timings["total"] = time.perf_counter() - t_start
     record = {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "status": "complete",
+        "status": "partial" if failed else "complete",
+        "failed_metrics": failed,
         "generator": {"name": registry.generators.entry(cfg.generator).name, "args": gen_args,
                       "info": _jsonable(generator.info())},
         "suite": suite.to_dict() | {"n_prompts": len(prompts)},

@@ -96,5 +96,11 @@ class FolderGenerator:
     def info(self) -> dict:
         from bench.data.subject import file_sha256
 
+        import hashlib
+
+        files = hashlib.sha256()
+        for r in self.rows:  # the samples' bytes: replacing a file starts a new run (run ids are content-keyed)
+            files.update(f"{r['file']}\0{file_sha256(self.root / r['file'])}\n".encode())
         return {"role": "external", "description": "pre-generated samples from a folder", "path": str(self.root.resolve()),
-                "manifest_sha256": file_sha256(self.manifest), "n_files": len(self.rows)}
+                "manifest_sha256": file_sha256(self.manifest), "files_sha256": files.hexdigest(),
+                "n_files": len(self.rows)}

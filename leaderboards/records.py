@@ -107,7 +107,8 @@ def load_records_with_paths(runs_dir: str | Path) -> list[tuple[Path, dict]]:
 
     Searches ``runs_dir`` recursively for ``record.json`` files. Files that cannot be read or
     parsed, that have an unknown ``schema_version`` or lack required fields are skipped with a
-    warning naming the file; records whose ``status`` is not ``"complete"`` are skipped with an
+    warning naming the file; records whose ``status`` is not ``"complete"`` or ``"partial"`` (some
+    metrics failed: they show as missing) are skipped with an
     info message.
 
     Args:
@@ -132,8 +133,8 @@ def load_records_with_paths(runs_dir: str | Path) -> list[tuple[Path, dict]]:
             logger.warning("skipping run record %s: %s", path, reason)
             continue
         status = record.get("status")
-        if status != "complete":
-            logger.info("skipping run record %s: status is %r, not 'complete'", path, status)
+        if status not in ("complete", "partial"):
+            logger.info("skipping run record %s: status is %r, not 'complete' or 'partial'", path, status)
             continue
         records.append((path, record))
     return records

@@ -14,7 +14,8 @@ Conventions (stated in the README, section "Reading the numbers"):
   ×0.16 means 16 % of what real data reaches; for a ``target`` metric ×1.1 means 10 % above the real
   value. The ratio is undefined (shown as ``—``) when the floor is 0 or missing.
 * **outside the floor** — the run's interval and the floor's interval do not overlap, on the worse
-  side (a metric that is *better* than real data is flagged separately: ``better_than_floor``).
+  side (a metric that is *better* than real data is flagged separately, except on the privacy axis:
+  copying less than held-out real data does is no warning sign).
 * **memorisation gate** — a run passes when its memorisation interval reaches down to the real-data
   rate (its ``ci_low`` is at most ``max(floor, nominal rate)``) and it produced no near-exact copies;
   runs that fail, and generators whose role is ``memorising baseline``, never get a star.
@@ -125,9 +126,10 @@ def versus_floor(entry: dict) -> str | None:
     above = lo > fhi
     if d == "target":
         return "worse"
-    if d == "lower":
-        return "worse" if above else "better"
-    return "better" if above else "worse"
+    side = ("worse" if above else "better") if d == "lower" else ("better" if above else "worse")
+    if side == "better" and entry.get("axis") == "privacy":
+        return "at floor"  # copying less than held-out real data does is no warning sign
+    return side
 
 
 def excludes_floor(entry: dict) -> bool:

@@ -107,6 +107,31 @@ def test_folder_adapter_reproduces_retrieval(runs, suite_file, tmp_path):
         assert got[k]["value"] == pytest.approx(m["value"], rel=1e-9)
 
 
+def test_replaced_sample_bytes_start_a_new_run(runs, suite_file, tmp_path):
+    """Resume is keyed on content: the same command over a folder whose files changed (same paths)
+    makes a new run with the new numbers instead of returning the old record."""
+    out, recs = runs
+    rec = load_record(recs["template"])
+    vols = np.concatenate([np.load(p)["volumes"] for p in sorted((recs["template"].parent / "samples").glob("shard_*.npz"))])
+    from bench.data.grid import GRIDS
+
+    rows = ["file,subject_id"]
+    for i, (p, v) in enumerate(zip(rec["prompts"], vols)):
+        nib.save(nib.Nifti1Image(v[0], GRIDS["3mm"].affine), str(tmp_path / f"s{i}.nii.gz"))
+        rows.append(f"s{i}.nii.gz,{p['subject_id']}")
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    cfg = RunConfig(generator="folder", suite=suite_file, out=out, quiet=True, generator_args={"path": str(tmp_path)})
+    first = run(cfg)
+    assert run(cfg) == first  # unchanged content: the same run is resumed
+    blurred = vols[0, 0] * 0.5  # overwrite one sample at the same path
+    nib.save(nib.Nifti1Image(blurred, GRIDS["3mm"].affine), str(tmp_path / "s0.nii.gz"))
+    second = run(cfg)
+    assert second.parent != first.parent
+    a, b = load_record(first), load_record(second)
+    assert a["generator"]["info"]["files_sha256"] != b["generator"]["info"]["files_sha256"]
+    assert a["metrics"]["ssim"]["value"] != b["metrics"]["ssim"]["value"]
+
+
 def test_folder_adapter_missing_manifest_is_clear(suite_file, tmp_path):
     p = subprocess.run([sys.executable, "-m", "bench", "--quiet", "run", "--generator", "folder", "--suite",
                         str(suite_file), "--out", str(tmp_path), "--generator-args", f"path={tmp_path}"],
@@ -149,3 +174,44 @@ def test_cli_explain_refuses_generator_without_maps(suite_file, tmp_path):
     p = subprocess.run([sys.executable, "-m", "bench", "--quiet", "explain", "--generator", "template", "--suite",
                         str(suite_file), "--prompt", "T1", "--out", str(tmp_path)], capture_output=True, text=True)
     assert p.returncode == 2 and "does not expose attention maps" in p.stderr
+
+
+class _AlwaysFails:
+    """A metric that raises (a partial run's stand-in)."""
+
+    name = "always_fails"
+    higher_is_better = False
+    axis = "realism"
+
+    def compute(self, sets, *, seed):
+        raise RuntimeError("this metric always fails")
+
+    def config(self):
+        return {}
+
+    def extractors(self):
+        return []
+
+    def axis_of(self, sub):
+        return self.axis
+
+
+def test_failed_metric_makes_a_partial_record_and_strict_exits_1(tmp_path, capsys):
+    from bench import registry
+    from bench.cli import main
+
+    if "always_fails" not in registry.metrics:
+        registry.metrics.register("always_fails", _AlwaysFails, description="raises (tests)")
+    suite = tmp_path / "partial.yaml"
+    suite.write_text(SUITE.format(n=48, extractor="deepbet").replace("name: tiny", "name: partial")
+                     .replace("  - {name: ssim}", "  - {name: ssim}\n  - {name: always_fails}"))
+    args = ["--quiet", "run", "--generator", "template", "--suite", str(suite), "--out", str(tmp_path / "runs"),
+            "--limit", "8"]
+    assert main(args) == 0  # without --strict the run succeeds and says what failed
+    out = capsys.readouterr()
+    assert "failed metrics" in out.out and "always_fails" in out.out
+    rec = load_record(next((tmp_path / "runs").glob("*/record.json")))
+    assert rec["status"] == "partial" and rec["failed_metrics"] == ["always_fails"]
+    assert rec["metrics"]["ssim"]["value"] is not None
+    assert main(args + ["--strict"]) == 1
+    assert "error: 1 metric(s) failed: always_fails" in capsys.readouterr().err
