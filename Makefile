@@ -32,7 +32,7 @@ browser:
 	       "(tests/test_site_browser.py is skipped without it)"; fi; }
 
 test: install browser
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 bench: install
 	$(PY) -m pytest -q benchmarks -o python_files='bench_*.py' --benchmark-only
