@@ -11,31 +11,14 @@ gets an empty feature cache ("cold") or the one the cold run left ("warm").
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 from bench.cache import home
-from bench.data.phantom import PhantomCohort
 from bench.records import load_record
 from bench.runner import RunConfig, run
-
-
-@pytest.fixture(scope="module")
-def bench_home(tmp_path_factory):
-    cohort = PhantomCohort.get("3mm", n_subjects=400, seed=0, quiet=True)  # built once, in the real home
-    h = tmp_path_factory.mktemp("bench-home")
-    (h / "cohorts").mkdir()
-    os.symlink(cohort.root, h / "cohorts" / cohort.root.name)
-    old = os.environ.get("BRAINGENBENCH_HOME")
-    os.environ["BRAINGENBENCH_HOME"] = str(h)
-    yield h
-    if old is None:
-        del os.environ["BRAINGENBENCH_HOME"]
-    else:
-        os.environ["BRAINGENBENCH_HOME"] = old
 
 
 def _run(suite: str, generator: str, out: Path, **gen_args) -> dict:

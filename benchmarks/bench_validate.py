@@ -12,13 +12,11 @@ with one untimed ``template`` run, then times the report card. The report lands 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from bench.data.phantom import PhantomCohort
 from bench.runner import RunConfig, run
 from bench.validate import ValidateConfig, validate
 
@@ -27,19 +25,9 @@ TARGET_S = 15 * 60
 
 
 @pytest.fixture(scope="module")
-def warm_home(tmp_path_factory):
-    cohort = PhantomCohort.get("3mm", n_subjects=400, seed=0, quiet=True)  # built once, in the real home
-    h = tmp_path_factory.mktemp("validate-home")
-    (h / "cohorts").mkdir()
-    os.symlink(cohort.root, h / "cohorts" / cohort.root.name)
-    old = os.environ.get("BRAINGENBENCH_HOME")
-    os.environ["BRAINGENBENCH_HOME"] = str(h)
-    run(RunConfig(generator="template", suite="quick", out=h / "runs", quiet=True))  # the real sets' features
-    yield h
-    if old is None:
-        del os.environ["BRAINGENBENCH_HOME"]
-    else:
-        os.environ["BRAINGENBENCH_HOME"] = old
+def warm_home(bench_home):
+    run(RunConfig(generator="template", suite="quick", out=bench_home / "runs", quiet=True))  # real sets' features
+    return bench_home
 
 
 def test_validate_quick(benchmark, warm_home):
