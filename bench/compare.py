@@ -59,24 +59,22 @@ after). ``--fail-on-regression`` exits 1 when any metric is significantly worse.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from bench.compare_stats import (ALPHA, N_BOOT, SEED, Z95, _boot_fd, _independent_se, _indices,  # noqa: F401
+                                 _percentile, bootstrap_p, holm, independent_ci, normal_p, paired_fd_ci,
+                                 paired_mean_ci)
 from bench.records import load_record
 from leaderboards import verdicts
 
 log = logging.getLogger("braingenbench.compare")
 
-Z95 = 1.959963984540054
-N_BOOT = 1000
-SEED = 0
-ALPHA = 0.05
 
 RULE_PER_SAMPLE = "paired-bootstrap-per-sample"
 RULE_FD = "paired-bootstrap-fd"
@@ -408,127 +406,6 @@ def _load_features(run_dir: Path, extractor: str, which: str) -> np.ndarray | No
         return None
 
 
-def _percentile(vals: np.ndarray) -> tuple[float, float] | None:
-    vals = vals[np.isfinite(vals)]
-    if vals.size < 10:
-        return None
-    a = (1 - 0.95) / 2
-    return float(np.quantile(vals, a)), float(np.quantile(vals, 1 - a))
-
-
-def _indices(n: int, n_boot: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, n, (n_boot, n))
-
-
-def bootstrap_p(deltas: np.ndarray) -> float | None:
-    """Two-sided bootstrap p-value of "no change": ``min(1, 2·min(#{d ≤ 0} + 1, #{d ≥ 0} + 1) / (B + 1))``
-    over the finite bootstrap deltas (None when fewer than 10)."""
-    d = np.asarray(deltas, dtype=np.float64)
-    d = d[np.isfinite(d)]
-    if d.size < 10:
-        return None
-    k = min(int(np.sum(d <= 0)), int(np.sum(d >= 0)))
-    return min(1.0, 2.0 * (k + 1) / (d.size + 1))
-
-
-def normal_p(delta: float, se: float) -> float:
-    """Two-sided normal p-value ``2·(1 − Φ(|delta|/se))`` (0 or 1 when ``se`` is 0)."""
-    if se <= 0:
-        return 1.0 if delta == 0 else 0.0
-    return float(math.erfc(abs(delta) / se / math.sqrt(2.0)))
-
-
-def holm(p_values: Sequence[float | None], alpha: float = ALPHA) -> tuple[list[bool], list[float | None]]:
-    """Holm–Bonferroni step-down (Holm 1979) over the non-None p-values.
-
-    Sorted ascending, ``p_(i)`` (i = 1..m) is rejected while ``p_(i) ≤ α / (m − i + 1)``; the first
-    failure stops. Adjusted p-values: ``max_{j ≤ i} min(1, (m − j + 1)·p_(j))``; rejected exactly when
-    the adjusted p is ≤ α.
-
-    Returns:
-        ``(reject, adjusted)`` in the input order (False / None for None inputs).
-    """
-    idx = [i for i, p in enumerate(p_values) if p is not None]
-    m = len(idx)
-    order = sorted(idx, key=lambda i: (p_values[i], i))
-    reject = [False] * len(p_values)
-    adjusted: list[float | None] = [None] * len(p_values)
-    running, stopped = 0.0, False
-    for rank, i in enumerate(order):
-        p = float(p_values[i])
-        running = max(running, min(1.0, (m - rank) * p))
-        adjusted[i] = running
-        if not stopped and p <= alpha / (m - rank):
-            reject[i] = True
-        else:
-            stopped = True
-    return reject, adjusted
-
-
-def paired_mean_ci(base: np.ndarray, head: np.ndarray, *, n_boot: int = N_BOOT, seed: int = SEED
-                   ) -> tuple[float, float] | None:
-    """Percentile CI of ``mean(head - base)`` over prompts resampled with replacement."""
-    diff = head - base
-    if diff.size < 2 or not np.all(np.isfinite(diff)):
-        return None
-    means = diff[_indices(diff.size, n_boot, seed)].mean(axis=1)
-    return _percentile(means)
-
-
-def _boot_fd(gen_base: np.ndarray, gen_head: np.ndarray, ref: np.ndarray, *, n_boot: int, seed: int
-             ) -> tuple[float, float, np.ndarray, np.ndarray] | None:
-    """``(FD base, FD head, bootstrap FD base, bootstrap FD head)`` on the same resampled prompts."""
-    from metrics.functional.frechet import frechet_distance_from_features as fd
-
-    n = ref.shape[0]
-    if n < 3 or gen_base.shape != gen_head.shape or gen_base.shape[0] != n:
-        return None
-    bb, bh = np.empty(n_boot), np.empty(n_boot)
-    for b, idx in enumerate(_indices(n, n_boot, seed)):
-        try:
-            bb[b], bh[b] = fd(gen_base[idx], ref[idx]), fd(gen_head[idx], ref[idx])
-        except ValueError:
-            bb[b] = bh[b] = np.nan
-    return fd(gen_base, ref), fd(gen_head, ref), bb, bh
-
-
-def paired_fd_ci(gen_base: np.ndarray, gen_head: np.ndarray, ref: np.ndarray, *, n_boot: int = N_BOOT,
-                 seed: int = SEED) -> tuple[float, float, float] | None:
-    """Bias-shifted paired-bootstrap CI of ``FD(gen_head, ref) - FD(gen_base, ref)``.
-
-    Returns:
-        ``(delta on the full sets, ci_low, ci_high)`` or None when too few prompts.
-    """
-    res = _boot_fd(gen_base, gen_head, ref, n_boot=n_boot, seed=seed)
-    if res is None:
-        return None
-    fb, fh, bb, bh = res
-    delta, boot = fh - fb, bh - bb
-    ci = _percentile(boot)
-    if ci is None:
-        return None
-    bias = float(np.nanmean(boot) - delta)
-    return float(delta), ci[0] - bias, ci[1] - bias
-
-
-def independent_ci(delta: float, base: dict, head: dict) -> tuple[float, float] | None:
-    """``delta ± 1.96·sqrt(se_b² + se_h²)`` with ``se = (ci_high - ci_low) / (2·1.96)``."""
-    se = _independent_se(base, head)
-    if se is None:
-        return None
-    return delta - Z95 * se, delta + Z95 * se
-
-
-def _independent_se(base: dict, head: dict) -> float | None:
-    ses = []
-    for e in (base, head):
-        lo, hi = _f(e.get("ci_low")), _f(e.get("ci_high"))
-        if lo is None or hi is None or hi < lo:
-            return None
-        ses.append((hi - lo) / (2 * Z95))
-    return math.sqrt(ses[0] ** 2 + ses[1] ** 2)
-
-
 def _better(delta: float, direction: str) -> bool:
     return delta > 0 if direction == "higher" else delta < 0
 
@@ -773,120 +650,4 @@ def compare(base_path: str | Path, head_path: str | Path, *, force: bool = False
                       alpha=alpha, overridden=list(problems), axes=summarise_axes(diffs, head))
 
 
-# ------------------------------------------------------------------------------------ markdown
-def _md(text: Any) -> str:
-    s = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    s = " ".join(s.splitlines())
-    for ch in "\\`*_[]|#~":
-        s = s.replace(ch, "\\" + ch)
-    return s
-
-
-def _code(text: Any) -> str:
-    """A markdown code span (no backslash escapes inside; ``|`` escaped for tables)."""
-    s = " ".join(str(text).splitlines()).replace("`", "'").replace("|", "\\|")
-    return f"`{s}`"
-
-
-def _num(x: float | None, signed: bool = False) -> str:
-    if x is None:
-        return "—"
-    return f"{x:+.4g}" if signed else f"{x:.4g}"
-
-
-def _p(x: float | None) -> str:
-    if x is None:
-        return "—"
-    return f"{x:.2g}" if x < 0.001 else f"{x:.3f}"
-
-
-_ICON = {BETTER: "🟢 better", WORSE: "🔴 worse", SAME: "⚪ no significant change", NA: "— not compared"}
-_AXIS_ICON = {BETTER: "🟢", WORSE: "🔴", MIXED: "🟠", SAME: "⚪", UNMEASURED: "—"}
-_RULE_SHORT = {RULE_PER_SAMPLE: "paired (per prompt)", RULE_FD: "paired (FD features)",
-               RULE_INDEPENDENT: "independent CIs", RULE_NONE: "none"}
-_ARROW = {"higher": "↑", "lower": "↓", "target": "◎"}
-
-
-def _axis_line(a: AxisSummary) -> str:
-    return f"- {_AXIS_ICON[a.verdict]} {_md(a.text)}"
-
-
-def to_markdown(c: Comparison) -> str:
-    """The pull-request comment for a comparison."""
-    def who(rec: dict) -> str:
-        g = rec.get("generator", {})
-        args = g.get("args") or {}
-        a = ", ".join(f"{k}={v}" for k, v in sorted(args.items())) if isinstance(args, dict) else str(args)
-        ck = _checkpoint(rec)
-        return (f"{_code(rec.get('run_id'))} — {_md(g.get('name'))}" + (f" ({_md(a)})" if a else "")
-                + (f", checkpoint sha256 {_code(ck[:12])}" if ck else "") + f", seed {_md(rec.get('seed'))}"
-                + f", n = {_md(verdicts.n_of(rec))}")
-
-    worse, better = c.regressions, [m for m in c.metrics if m.verdict == BETTER]
-    head = (f"{len(worse)} regression{'s' if len(worse) != 1 else ''} "
-            f"({', '.join(_code(m.key) for m in worse)})" if worse else "no regression")
-    ref = c.head.get("reference") or {}
-    lines = ["## BrainGenBench: checkpoint comparison", ""]
-    if c.overridden:
-        lines += ["> [!WARNING]",
-                  "> **Not comparable — compared anyway because of `--force`.** Overridden: "
-                  + "; ".join(f"**{_md(p)}**" for p in c.overridden) + ".",
-                  "> The differences below mix the checkpoint change with these set-up differences; "
-                  "they are not the checkpoint's effect.", ""]
-    lines += [_axis_line(a) for a in c.axes]
-    lines += [
-        "",
-        f"**Result:** {'🔴 ' if worse else '✅ '}{head}; {len(better)} better, "
-        f"{sum(m.verdict == SAME for m in c.metrics)} without significant change "
-        f"(Holm–Bonferroni across {c.family_size} metrics, family-wise α = {c.alpha:g}; "
-        "|Δ| must also exceed the metric's tolerance).",
-        "",
-        f"- **base**: {who(c.base)}",
-        f"- **head**: {who(c.head)}",
-        f"- suite {_code(c.head['suite'].get('name'))} v{_md(c.head['suite'].get('version'))}, reference "
-        f"{_code(ref.get('name'))} ({_md(str(ref.get('content_hash'))[:12])})"
-        + (" — **SYNTHETIC** data" if ref.get("synthetic") else "")
-        + f", n = {_md(c.head['suite'].get('n_prompts'))} prompts, "
-        + ("same prompts in both runs (paired)" if c.paired else "different prompts (unpaired)"),
-        "",
-        "| metric | axis | dir | base | head | Δ (head − base) | 95% CI of Δ | p (Holm) | tolerance (source) "
-        "| rule | verdict |",
-        "|---|---|:-:|--:|--:|--:|--:|--:|--:|---|---|",
-    ]
-    for m in c.metrics:
-        arrow = _ARROW.get(m.direction or "", "")
-        ci = "—" if m.ci_low is None else f"[{_num(m.ci_low, True)}, {_num(m.ci_high, True)}]"
-        verdict_text = _ICON[m.verdict] + (f" ({_md(m.note)})" if m.note else "")
-        base, headv = _num(m.base), _num(m.head)
-        if m.direction == "target" and m.base_distance is not None:
-            base += f" (to floor {_num(m.base_distance)})"
-            headv += f" (to floor {_num(m.head_distance)})"
-        p = "—" if m.p_value is None else f"{_p(m.p_value)} ({_p(m.p_holm)})"
-        key = _code(m.key) + (" ★" if m.headline else "")
-        lines.append(f"| {key} | {_md(m.axis or '—')} | {arrow} | {base} | {headv} | {_num(m.delta, True)} | {ci} | "
-                     f"{p} | {m.tolerance:.3g} ({_md(m.tolerance_source)}) | {_RULE_SHORT[m.rule]} | {verdict_text} |")
-    used = sorted({m.rule for m in c.metrics if m.verdict != NA})
-    tol_used = sorted({m.tolerance_source for m in c.metrics})
-    legend = ["★ headline metric of its axis."] if any(m.headline for m in c.metrics) else []
-    if any(m.direction == "target" for m in c.metrics):
-        legend.append("◎ target metric: closest to the real-vs-real floor is best; its Δ, CI, p and tolerance are "
-                      "of |value − floor| (negative Δ = closer to real data).")
-    if legend:
-        lines += ["", " ".join(legend)]
-    lines += ["", "<details><summary>How this is decided</summary>", "",
-              f"- **Verdict**: {_md(VERDICT_RULE.format(alpha=c.alpha))}.",
-              f"- **Correction**: {_md(CORRECTION_TEXT.format(alpha=c.alpha))}; here m = {c.family_size}. "
-              "The p column shows the raw p and, in parentheses, the Holm-adjusted p (significant when ≤ α).",
-              f"- **Tolerances**: {_md(c.tolerance_source)}."]
-    lines += [f"  - {_md(s)}: {_md(TOL_TEXT[s])}." for s in tol_used]
-    lines += [f"- **{_RULE_SHORT[r]}** (`{r}`): {_md(RULE_TEXT[r])}." for r in used]
-    lines += [f"- Bootstrap: {c.n_boot} resamples, seed {c.seed}.", ""]
-    if c.notes:
-        lines += ["Notes:", ""] + [f"- {_md(n)}" for n in c.notes] + [""]
-    lines += ["</details>", ""]
-    return "\n".join(lines)
-
-
-def to_json(c: Comparison) -> str:
-    """The comparison as indented JSON."""
-    return json.dumps(c.to_dict(), indent=2, ensure_ascii=False, default=str)
+from bench.compare_report import to_json, to_markdown  # noqa: E402,F401  (rendering lives there)
