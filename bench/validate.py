@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.cache import atomic_write_json
-from generators.corrupt import CORRUPTIONS
+from generators.corrupt import CORRUPTIONS, check_kind
 from leaderboards import verdicts
 
 log = logging.getLogger("braingenbench.validate")
@@ -58,18 +58,7 @@ class ValidateConfig:
 
 def check_corruptions(names) -> tuple[str, ...]:
     """The requested corruption kinds, checked (an error with a suggestion on a typo)."""
-    if not names:
-        return tuple(CORRUPTIONS)
-    import difflib
-
-    out = []
-    for n in names:
-        if n not in CORRUPTIONS:
-            close = difflib.get_close_matches(n, sorted(CORRUPTIONS), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; choose from {', '.join(CORRUPTIONS)}"
-            raise ValueError(f"unknown corruption {n!r}{hint}")
-        out.append(n)
-    return tuple(out)
+    return tuple(check_kind(n) for n in names) if names else tuple(CORRUPTIONS)
 
 
 def validate(cfg: ValidateConfig) -> Path:

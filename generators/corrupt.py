@@ -31,7 +31,7 @@ import numpy as np
 
 from generators.base import GenerationOutput, GeneratorContext, Prompt, seed_for
 
-__all__ = ["CORRUPTIONS", "Corruption", "CorruptGenerator", "apply_corruption"]
+__all__ = ["CORRUPTIONS", "Corruption", "CorruptGenerator", "apply_corruption", "check_kind"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,17 @@ CORRUPTIONS: dict[str, Corruption] = {c.kind: c for c in (
     Corruption("contrast_swap", (0.25, 0.5, 1.0), "share of volumes", "a volume of another modality"),
     Corruption("train_copy", (0.25, 0.5, 1.0), "share of volumes", "copies of training subjects"),
 )}
+
+
+def check_kind(kind: str) -> str:
+    """``kind`` when it names a corruption, else an error with a suggestion."""
+    if kind not in CORRUPTIONS:
+        import difflib
+
+        close = difflib.get_close_matches(kind, sorted(CORRUPTIONS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; choose from {', '.join(CORRUPTIONS)}"
+        raise ValueError(f"unknown corruption {kind!r}{hint}")
+    return kind
 
 
 def _smooth_field(shape, rng: np.random.Generator, sigma: float) -> np.ndarray:
@@ -134,12 +145,7 @@ class CorruptGenerator:
     name = "corrupt"
 
     def __init__(self, context: GeneratorContext, *, kind: str = "noise", level: int = 2):
-        if kind not in CORRUPTIONS:
-            import difflib
-
-            close = difflib.get_close_matches(kind, sorted(CORRUPTIONS), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; choose from {', '.join(sorted(CORRUPTIONS))}"
-            raise ValueError(f"corrupt: unknown corruption kind {kind!r}{hint}")
+        check_kind(kind)
         if level not in (0, 1, 2, 3):
             raise ValueError(f"corrupt: level must be 0 (clean), 1, 2 or 3; got {level}")
         self.ctx, self.kind, self.level = context, kind, int(level)
