@@ -31,7 +31,7 @@ class Ldm3dUncondGenerator(Ldm3dGenerator):
         context: runner context.
         checkpoint: an ldm3d ``.safetensors`` checkpoint trained with caption dropout (default: shipped).
         steps: sampling steps.
-        scheduler: "ddim" or "ddpm".
+        scheduler: "ddim", "ddpm" or "dpm++2m".
         batch_size: prompts per UNet batch.
     """
 

@@ -139,7 +139,7 @@ def test_output_shape_dtype_range_mask_and_info(trained):
     json.dumps(info)
 
 
-@pytest.mark.parametrize("scheduler", ["ddim", "ddpm"])
+@pytest.mark.parametrize("scheduler", ["ddim", "ddpm", "dpm++2m"])
 def test_seed_determinism_and_batch_invariance(trained, scheduler):
     g1 = _generator(trained, scheduler=scheduler, batch_size=1)
     g3 = _generator(trained, scheduler=scheduler, batch_size=3)

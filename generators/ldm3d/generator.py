@@ -1,7 +1,8 @@
 """``ldm3d``: the in-house text-conditioned 3D latent diffusion generator.
 
 A latent diffusion model (Rombach et al. 2022) adapted to 3D brain MRI as in Pinaya et al. 2022,
-sampled with DDIM (Song et al. 2021) or DDPM and classifier-free guidance (Ho & Salimans 2022).
+sampled with DDIM (Song et al. 2021), DDPM or DPM-Solver++(2M) (Lu et al. 2022) and classifier-free
+guidance (Ho & Salimans 2022).
 Per-sample seeds (:func:`generators.base.seed_for`) and fixed-length contexts make each volume a
 function of its prompt and seed only, whatever the batch it is generated in.
 """
@@ -33,7 +34,8 @@ class Ldm3dGenerator:
         checkpoint: an ldm3d ``.safetensors`` checkpoint (default: the shipped phantom 3 mm model).
         steps: sampling steps.
         guidance: classifier-free guidance scale w (1 = conditional only, 0 = unconditional).
-        scheduler: "ddim" (deterministic) or "ddpm" (ancestral).
+        scheduler: "ddim" (deterministic), "ddpm" (ancestral) or "dpm++2m" (deterministic, second order,
+            log-SNR-uniform steps: the same samples in fewer steps).
         batch_size: prompts per UNet batch (the guided UNet call sees 2x this).
     """
 
