@@ -12,6 +12,7 @@ array is alive. Measured in-process at 2 mm, N = 400: the SSIM stage peaked at 8
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import logging
@@ -21,6 +22,7 @@ import sys
 log = logging.getLogger("braingenbench.memory")
 
 MMAP_THRESHOLD = 1 << 20  # bytes; arrays at least this large are mmapped and unmapped on free
+COMPUTE_MMAP_THRESHOLD = 32 << 20  # glibc's own ceiling for its dynamic threshold (64-bit)
 _M_MMAP_THRESHOLD = -3  # mallopt parameter (malloc.h)
 
 
@@ -58,3 +60,31 @@ def release_free_memory() -> None:
     libc = _libc()
     if libc is not None and hasattr(libc, "malloc_trim"):
         libc.malloc_trim(0)
+
+
+@contextlib.contextmanager
+def compute_allocation(threshold: int = COMPUTE_MMAP_THRESHOLD):
+    """Within the block, serve allocations below ``threshold`` from the heap again; then restore the run's
+    threshold and trim the heap.
+
+    Torch's activations are short-lived arrays of a few MiB. Under the run's 1 MiB threshold each one is
+    a fresh ``mmap`` that the kernel zero-fills page by page, which made ldm3d sampling inside
+    ``bench run`` ~1.5x slower than the same call in a plain process (README, "Speed"). A compute block
+    (a generator's ``generate``) holds only its own working set, so the heap it grows is returned by the
+    ``malloc_trim`` on exit. Does nothing when the run's policy is not in force (no
+    ``MALLOC_MMAP_THRESHOLD_``, or one already at least ``threshold``) or off glibc.
+    """
+    libc = _libc()
+    try:
+        current = int(os.environ.get("MALLOC_MMAP_THRESHOLD_", ""))
+    except ValueError:
+        current = None
+    if libc is None or current is None or current >= threshold:
+        yield
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, int(threshold))
+    try:
+        yield
+    finally:
+        libc.mallopt(_M_MMAP_THRESHOLD, current)
+        release_free_memory()

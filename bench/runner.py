@@ -47,7 +47,7 @@ from bench.records import SCHEMA_VERSION, environment
 from bench.suite import Suite, load_suite
 from generators.base import GenerationOutput, GeneratorContext, Prompt, seed_for
 from bench.executors import make_executor
-from bench.memory import bound_heap_growth, release_free_memory
+from bench.memory import bound_heap_growth, compute_allocation, release_free_memory
 from metrics.base import EvalSets, MetricResult
 from metrics.volumes import CohortVolumes, NpzShards
 
@@ -276,7 +276,8 @@ class GenerateShardTask:
     def __call__(self, item: tuple[int, list[Prompt], int, str]) -> str:
         k, chunk, shard_seed, path = item
         generator = self.spec.build()
-        res: GenerationOutput = generator.generate(chunk, seed=shard_seed)
+        with compute_allocation():  # torch activations from the heap, trimmed afterwards (bench.memory)
+            res: GenerationOutput = generator.generate(chunk, seed=shard_seed)
         res.validate(len(chunk), self.grid_shape, getattr(generator, "name", "?"))
         arrays = {"volumes": np.asarray(res.volumes, dtype=np.float32),
                   "subject_ids": np.array([p.subject_id or "" for p in chunk])}
