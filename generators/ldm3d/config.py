@@ -17,7 +17,7 @@ from pathlib import Path
 
 from generators.common.config import ConfigError, LatentDiffusionConfig, build, load_yaml
 
-__all__ = ["AutoencoderConfig", "ConditioningConfig", "ConfigError", "DiffusionTraining", "Ldm3dConfig",
+__all__ = ["AutoencoderConfig", "ConditioningConfig", "ConfigError", "DecoderTraining", "DiffusionTraining", "Ldm3dConfig",
            "SchedulerConfig", "TrainingConfig", "UNetConfig", "load_config"]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -134,6 +134,46 @@ class AutoencoderTraining:
 
 
 @dataclass
+class DecoderTraining:
+    """Optional stage 1b: fine-tune the decoder with perceptual + patch-adversarial losses, encoder frozen
+    (:mod:`generators.common.decoder_training`). The latent space is unchanged, so it can also sharpen the
+    decoder of an already trained checkpoint (``train --stage decoder --init-from CHECKPOINT``).
+
+    Attributes:
+        steps: optimiser steps (0: no decoder stage).
+        batch_size: crops per step.
+        crop: latent voxels per side of the random crops (the image crop is ``crop`` x the downsampling);
+            0 = whole volumes.
+        lr: AdamW learning rate of the decoder.
+        min_lr: cosine decay target (None: constant).
+        grad_weight: weight of the L1 on finite differences.
+        perceptual_weight: weight of the deepbet-feature distance (0: off).
+        adv_weight: weight of the generator's least-squares adversarial term (0: no discriminator).
+        adv_start: step from which the adversarial term enters the decoder loss.
+        disc_warmup: the discriminator starts training this many steps before ``adv_start``.
+        disc_channels: channels of the first discriminator layer (MONAI ``PatchDiscriminator``).
+        disc_layers: strided layers of the discriminator (3: 70-voxel patches as in Isola et al. 2017).
+        disc_lr: AdamW learning rate of the discriminator.
+        max_minutes: wall-time budget of the stage (0 = unlimited).
+    """
+
+    steps: int = 0
+    batch_size: int = 4
+    crop: int = 8
+    lr: float = 1.0e-4
+    min_lr: float | None = None
+    grad_weight: float = 0.5
+    perceptual_weight: float = 0.1
+    adv_weight: float = 0.05
+    adv_start: int = 200
+    disc_warmup: int = 100
+    disc_channels: int = 32
+    disc_layers: int = 3
+    disc_lr: float = 2.0e-4
+    max_minutes: float = 60.0
+
+
+@dataclass
 class DiffusionTraining:
     """Stage 2 (latent diffusion) training.
 
@@ -173,6 +213,7 @@ class TrainingConfig:
         checkpoint_minutes: write a resumable checkpoint this often.
         grad_clip: gradient-norm clip.
         autoencoder: stage-1 settings.
+        decoder: optional decoder fine-tuning (stage 1b) settings.
         diffusion: stage-2 settings.
     """
 
@@ -181,6 +222,7 @@ class TrainingConfig:
     checkpoint_minutes: float = 4.0
     grad_clip: float = 1.0
     autoencoder: AutoencoderTraining = field(default_factory=AutoencoderTraining)
+    decoder: DecoderTraining = field(default_factory=DecoderTraining)
     diffusion: DiffusionTraining = field(default_factory=DiffusionTraining)
 
 

@@ -4,13 +4,18 @@ Usage::
 
     python -m generators.ldm3d.train --cohort phantom --grid 3mm \\
         --config generators/ldm3d/configs/phantom_3mm.yaml --out runs/ldm3d-train \\
-        [--stage autoencoder|diffusion|all] [--resume] [--max-minutes M] [--ship PATH]
+        [--stage autoencoder|decoder|diffusion|all] [--resume] [--max-minutes M] [--ship PATH]
+        [--init-from CHECKPOINT]
 
-Stage 1 fits the KL autoencoder (L1 + KL + L1 on finite differences; no GAN, no perceptual loss —
-a CPU budget). Its posteriors (mean, std) for the train volumes, the caption token embeddings and
-the attribute features are then computed ONCE and cached in ``OUT/``; stage 2 trains the
-cross-attention UNet on latents sampled from those cached posteriors (Rombach et al. 2022;
-Pinaya et al. 2022) with caption dropout for classifier-free guidance (Ho & Salimans 2022).
+Stage 1 fits the KL autoencoder (L1 + KL + L1 on finite differences). Its posteriors (mean, std) for
+the train volumes, the caption token embeddings and the attribute features are then computed ONCE and
+cached in ``OUT/``. The optional stage 1b (``decoder``, when ``training.decoder.steps > 0``) fine-tunes
+the decoder alone with perceptual and patch-adversarial losses
+(:mod:`generators.common.decoder_training`): the latents do not change. Stage 2 trains the
+cross-attention UNet on latents from the cached posteriors (Rombach et al. 2022; Pinaya et al. 2022)
+with caption dropout for classifier-free guidance (Ho & Salimans 2022). ``--init-from CHECKPOINT``
+starts from a trained checkpoint, e.g. to sharpen the decoder of a shipped model without retraining
+its UNet.
 
 Everything is resumable: ``OUT/state_<stage>.pt`` (weights, optimiser, step, elapsed time, loss
 history; read back with ``torch.load(weights_only=True)``) is rewritten atomically every
@@ -32,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.data.subject import Cohort
+from generators.common.decoder_training import decoder_summary, train_decoder_stage
 from generators.common.training import (atomic_torch_save, checkpoint_meta, diffusion_state, diffusion_update,
                                         ema_copies, export_model, live_modules, load_state, progress_bar,
                                         recent_mean, resolve_cohort, restore_diffusion_state, stage_deadline,
@@ -45,7 +51,7 @@ __all__ = ["STAGES", "Trainer", "main", "resolve_cohort", "train"]
 
 logger = logging.getLogger("generators.ldm3d.train")
 
-STAGES = ("autoencoder", "diffusion")
+STAGES = ("autoencoder", "decoder", "diffusion")
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -61,7 +67,7 @@ class Trainer:
     """
 
     def __init__(self, cohort: Cohort, config: Ldm3dConfig, out: str | Path, *, ship: str | Path | None = None,
-                 quiet: bool = False):
+                 quiet: bool = False, init_from: str | Path | None = None):
         self.cohort, self.config, self.out = cohort, config, Path(out)
         self.ship = Path(ship) if ship else None
         self.quiet = quiet
@@ -77,6 +83,27 @@ class Trainer:
         self.model: Ldm3d = build_model(config, cohort.grid.shape)
         self.scheduler = make_scheduler(config)
         (self.out / "config.yaml").write_text(_yaml_dump(config.to_dict()))
+        self.init_meta: dict | None = None
+        if init_from is not None:
+            self._init_from(Path(init_from))
+
+    def _init_from(self, path: Path) -> None:
+        """Start from a trained checkpoint: all its weights, and its autoencoder as a finished stage 1."""
+        from generators.ldm3d.checkpoint import load_checkpoint
+
+        loaded = load_checkpoint(path)
+        if loaded.model.config.to_dict()["autoencoder"] != self.config.to_dict()["autoencoder"] or \
+                tuple(loaded.model.grid_shape) != tuple(self.model.grid_shape):
+            raise RuntimeError(f"{path}: its autoencoder or grid differs from the config's; --init-from needs the "
+                               "same architecture (use the checkpoint's own config)")
+        self.model.load_state_dict(loaded.model.state_dict())
+        self.init_meta = dict(loaded.meta, sha256=loaded.sha256, path=str(path))
+        state = self.out / "state_autoencoder.pt"
+        if not state.exists():
+            ae = loaded.meta.get("training", {}).get("autoencoder", {})
+            atomic_torch_save({"autoencoder": loaded.model.autoencoder.state_dict(), "optimizer": None,
+                               "step": int(ae.get("steps", 0)), "elapsed": 60.0 * float(ae.get("minutes", 0.0)),
+                               "history": [], "done": True, "init_from": str(path)}, state)
 
     # -------------------------------------------------------------- utilities
     def _volumes(self) -> torch.Tensor:
@@ -99,13 +126,50 @@ class Trainer:
                                        resume=resume, max_minutes=max_minutes, quiet=self.quiet, desc="autoencoder",
                                        curve_title="autoencoder", logger=logger)
 
+    # -------------------------------------------------------------- stage 1b
+    def train_decoder(self, *, resume: bool = False, max_minutes: float | None = None) -> dict:
+        """Fine-tune the decoder, encoder frozen (:func:`generators.common.decoder_training.train_decoder_stage`).
+
+        With ``--init-from`` the exported checkpoint is the initial one with the new decoder: its latent
+        space, UNet and conditioner are unchanged.
+        """
+        ae_state = self._load_autoencoder(with_decoder=False)
+        cache = self.latent_cache(int(ae_state["step"]))
+        state = self.out / "state_decoder.pt"
+        try:
+            return train_decoder_stage(self.model.autoencoder, cache["mu"], self._volumes(), self.config, state,
+                                       self.out / "loss_decoder", voxel_size=self.cohort.grid.voxel_size,
+                                       resume=resume, max_minutes=max_minutes, quiet=self.quiet, logger=logger)
+        finally:  # also when stopped (Ctrl-C, `kill`): the saved state is exported, as stage 2 does
+            if self.init_meta is not None and state.exists():
+                self.export_reused(decoder_summary(load_state(state), self.config.training.decoder))
+
+    def export_reused(self, decoder_info: dict) -> Path:
+        """The ``--init-from`` checkpoint with this run's decoder (its UNet, conditioner and scale kept)."""
+        meta = {k: v for k, v in self.init_meta.items() if k not in ("sha256", "path", "format", "grid_shape",
+                                                                      "latent_scale", "param_counts")}
+        meta["config"] = self.config.to_dict()
+        meta["training"] = dict(meta.get("training", {}), decoder=dict(decoder_info, init_from={
+            "file": Path(self.init_meta["path"]).name, "sha256": self.init_meta["sha256"]}))
+        last = self.out / "ldm3d_last.safetensors"
+        sha = save_checkpoint(self.model, last, meta)
+        logger.info("exported %s (sha256 %s…)", last, sha[:12])
+        if self.ship is not None:
+            sha16 = save_checkpoint(self.model, self.ship, meta, half=True)
+            logger.info("shipped %s (float16, sha256 %s)", self.ship, sha16)
+        return last
+
     # -------------------------------------------------------------- caches
-    def _load_autoencoder(self) -> dict:
+    def _load_autoencoder(self, *, with_decoder: bool = True) -> dict:
+        """Stage 1's autoencoder (and, when ``with_decoder``, stage 1b's fine-tuned decoder if any)."""
         path = self.out / "state_autoencoder.pt"
         if not path.exists():
             raise RuntimeError(f"{path}: no trained autoencoder; run --stage autoencoder first (same --out)")
         st = load_state(path)
         self.model.autoencoder.load_state_dict(st["autoencoder"])
+        decoder = self.out / "state_decoder.pt"
+        if with_decoder and decoder.exists():  # the encoder is unchanged by stage 1b: same latents
+            self.model.autoencoder.load_state_dict(load_state(decoder)["autoencoder"])
         self.model.autoencoder.eval()
         return st
 
@@ -245,6 +309,9 @@ class Trainer:
                 "max_tokens": cache.get("max_tokens"), "dim": cache.get("text_dim", 384)}
         meta = checkpoint_meta(self.cohort, len(self.train_subjects), self.config.training.seed, ae_info, diff_info,
                                text, cache.get("parser"), monai=_monai_version())
+        decoder = self.out / "state_decoder.pt"
+        if decoder.exists():  # stage 1b ran: its decoder is in the exported autoencoder
+            meta["training"]["decoder"] = decoder_summary(load_state(decoder), self.config.training.decoder)
         last = self.out / "ldm3d_last.safetensors"
         sha = save_checkpoint(export, last, meta)
         logger.info("exported %s (sha256 %s…)", last, sha[:12])
@@ -270,26 +337,31 @@ def _yaml_dump(d: dict) -> str:
 
 
 def train(cohort: Cohort, config: Ldm3dConfig, out: str | Path, *, stage: str = "all", resume: bool = False,
-          max_minutes: float | None = None, ship: str | Path | None = None, quiet: bool = False) -> dict:
+          max_minutes: float | None = None, ship: str | Path | None = None, quiet: bool = False,
+          init_from: str | Path | None = None) -> dict:
     """Run one or both training stages (see module docstring); returns a summary dict.
 
     Args:
         cohort: training cohort (train split used).
         config: model/training config.
         out: output folder.
-        stage: "autoencoder", "diffusion" or "all".
+        stage: "autoencoder", "decoder", "diffusion" or "all" (the decoder stage runs when
+            ``training.decoder.steps > 0``).
         resume: continue from ``OUT/state_<stage>.pt`` when present.
         max_minutes: wall-time limit of this invocation per stage (a checkpoint is written on stop).
         ship: optional path for a float16 copy of every exported checkpoint.
         quiet: no progress bars.
+        init_from: start from this checkpoint (same architecture): its autoencoder counts as stage 1.
     """
     if stage not in (*STAGES, "all"):
         raise ValueError(f"unknown stage {stage!r}; choose autoencoder, diffusion or all")
     torch.set_num_threads(config.training.num_threads)
-    trainer = Trainer(cohort, config, out, ship=ship, quiet=quiet)
+    trainer = Trainer(cohort, config, out, ship=ship, quiet=quiet, init_from=init_from)
     summary: dict = {}
-    if stage in ("autoencoder", "all"):
+    if stage in ("autoencoder", "all") and init_from is None:
         summary["autoencoder"] = trainer.train_autoencoder(resume=resume, max_minutes=max_minutes)
+    if stage == "decoder" or (stage == "all" and config.training.decoder.steps > 0):
+        summary["decoder"] = trainer.train_decoder(resume=resume, max_minutes=max_minutes)
     if stage in ("diffusion", "all"):
         summary["diffusion"] = trainer.train_diffusion(resume=resume, max_minutes=max_minutes)
     summary["checkpoint"] = str(Path(out) / "ldm3d_last.safetensors")
@@ -306,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resume", action="store_true", help="continue from OUT/state_<stage>.pt")
     ap.add_argument("--max-minutes", type=float, default=None, help="wall-time limit per stage for this invocation")
     ap.add_argument("--ship", default=None, help="also write a float16 copy of each exported checkpoint here")
+    ap.add_argument("--init-from", default=None, help="start from this checkpoint (same architecture); its "
+                    "autoencoder counts as stage 1 (e.g. --stage decoder to sharpen a shipped model's decoder)")
     ap.add_argument("--n-subjects", type=int, default=400, help="phantom cohort size (default 400)")
     ap.add_argument("--cohort-seed", type=int, default=0, help="phantom cohort seed (default 0)")
     ap.add_argument("--quiet", action="store_true")
@@ -323,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         config.grid = args.grid
     cohort = resolve_cohort(args.cohort, args.grid, args.n_subjects, args.cohort_seed, args.quiet)
     summary = train(cohort, config, args.out, stage=args.stage, resume=args.resume, max_minutes=args.max_minutes,
-                    ship=args.ship, quiet=args.quiet)
+                    ship=args.ship, quiet=args.quiet, init_from=args.init_from)
     logger.info("done: %s", summary)
     return 0
 
