@@ -153,6 +153,8 @@ generators.register("ldm3d", "generators.ldm3d.generator:Ldm3dGenerator",
                     description="in-house text-conditioned 3D latent diffusion (DDIM + classifier-free guidance)")
 generators.register("ldm3d-uncond", "generators.ldm3d_uncond:Ldm3dUncondGenerator", aliases=("ldm3d_uncond",),
                     description="ldm3d sampled from its learned null context only (prompt dropped): what text adds")
+generators.register("ldm3d-recon", "generators.ldm3d_recon:Ldm3dReconGenerator", aliases=("ldm3d_recon",),
+                    description="held-out real volumes through the ldm3d autoencoder: the ceiling of any diffusion stage")
 generators.register("pca", "generators.pca:PCAGenerator", aliases=("appearance-model",),
                     description="per-modality PCA appearance model, coefficients ridge-regressed on caption attributes")
 generators.register("slice2d", "generators.slice2d.generator:Slice2dGenerator", aliases=("slice-2d",),

@@ -313,11 +313,37 @@ def test_ldm3d_uncond_ignores_the_prompt_and_equals_guidance_zero(ldm3d_ckpt, ti
     assert info["name"] == "ldm3d-uncond" and info["guidance"] == 0.0 and info["caption_dropout_in_training"] == 0.15
 
 
+def test_ldm3d_recon_is_the_autoencoder_round_trip_of_the_matched_real_volume(ldm3d_ckpt, tiny):
+    import torch
+
+    from generators.ldm3d.checkpoint import load_checkpoint
+    from generators.ldm3d_recon import Ldm3dReconGenerator
+
+    cohort = tiny[0]
+    test = cohort.split("test")
+    ctx = GeneratorContext(cohort=cohort, grid=TINY, quiet=True)
+    gen = Ldm3dReconGenerator(ctx, checkpoint=str(ldm3d_ckpt), batch_size=1)
+    prompts = [Prompt("any text", subject_id=s.subject_id) for s in test]
+    out = gen.generate(prompts, seed=0)
+    model = load_checkpoint(ldm3d_ckpt).model
+    x = torch.from_numpy(cohort.load_volumes(test))
+    with torch.no_grad():  # independent of the generator: encode the mean, decode, clip, mask
+        expected = model.decode(model.encode(x)).clamp(0, 1).numpy() * cohort.brain_mask()[None, None]
+    np.testing.assert_allclose(out.volumes, expected, atol=1e-5)
+    assert out.volumes[:, 0][:, ~cohort.brain_mask()].max() == 0.0
+    assert out.latents.shape == (len(test), *model.latent_shape)
+    swapped = gen.generate(prompts[::-1], seed=3).volumes[::-1]  # no caption, no seed: the volume decides
+    np.testing.assert_allclose(swapped, out.volumes, atol=1e-5)
+    assert gen.info()["role"] == "baseline"
+    with pytest.raises(ValueError, match="no reference subject id"):
+        gen.generate([Prompt("a caption only")], seed=0)
+
+
 def test_baselines_are_registered():
     from bench import registry
 
     names = registry.generators.names()
-    assert {"pca", "slice2d", "ldm3d-uncond"} <= set(names)
+    assert {"pca", "slice2d", "ldm3d-uncond", "ldm3d-recon"} <= set(names)
     assert registry.metrics.get("through_plane") is ThroughPlaneConsistency
     assert registry.metrics.get("conformance").__name__ == "Conformance"
     for suite in ("quick", "full"):
