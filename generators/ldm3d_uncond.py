@@ -37,8 +37,8 @@ class Ldm3dUncondGenerator(Ldm3dGenerator):
 
     name = "ldm3d-uncond"
 
-    def __init__(self, context: GeneratorContext, *, checkpoint: str = str(SHIPPED), steps: int = 50,
-                 scheduler: str = "ddim", batch_size: int = 8):
+    def __init__(self, context: GeneratorContext, *, checkpoint: str = str(SHIPPED), steps: int = 15,
+                 scheduler: str = "dpm++2m", batch_size: int = 8):
         super().__init__(context, checkpoint=checkpoint, steps=steps, guidance=0.0, scheduler=scheduler,
                          batch_size=batch_size)
         p_drop = float(self.model.config.conditioning.caption_dropout)

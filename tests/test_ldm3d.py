@@ -134,7 +134,7 @@ def test_output_shape_dtype_range_mask_and_info(trained):
     mask = trained["cohort"].brain_mask()
     assert np.all(out.volumes[:, 0][:, ~mask] == 0)
     info = g.info()
-    assert len(info["checkpoint_sha256"]) == 64 and info["scheduler"] == "ddim" and info["steps"] == 4
+    assert len(info["checkpoint_sha256"]) == 64 and info["scheduler"] == "dpm++2m" and info["steps"] == 4
     assert info["param_counts"]["unet"] > 0 and info["training"]["cohort"]["n_train"] == 4
     json.dumps(info)
 

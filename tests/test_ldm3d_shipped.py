@@ -1,7 +1,7 @@
 """The shipped ldm3d checkpoint follows its prompt (issue 4's done criteria, fixed seeds).
 
 40 probe captions (10 per modality; per modality the same subjects asked once with small and once
-with large lateral ventricles) sampled with the generator's defaults (50 DDIM steps, guidance 3).
+with large lateral ventricles) sampled with the generator's defaults (15 DPM-Solver++(2M) steps, guidance 3).
 Measurements are atlas-guided (metrics.functional.tissue), independent of the model.
 """
 

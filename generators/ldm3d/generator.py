@@ -32,7 +32,8 @@ class Ldm3dGenerator:
     Args:
         context: the runner's :class:`~generators.base.GeneratorContext` (grid, cohort for the brain mask).
         checkpoint: an ldm3d ``.safetensors`` checkpoint (default: the shipped phantom 3 mm model).
-        steps: sampling steps.
+        steps: sampling steps (default 15 with "dpm++2m": on the quick suite every metric equals 50 DDIM
+            steps within its interval, at 2.6 instead of 7.6 s per volume inside ``bench run``).
         guidance: classifier-free guidance scale w (1 = conditional only, 0 = unconditional).
         scheduler: "ddim" (deterministic), "ddpm" (ancestral) or "dpm++2m" (deterministic, second order,
             log-SNR-uniform steps: the same samples in fewer steps).
@@ -41,8 +42,8 @@ class Ldm3dGenerator:
 
     name = "ldm3d"
 
-    def __init__(self, context: GeneratorContext, *, checkpoint: str = str(SHIPPED), steps: int = 50,
-                 guidance: float = 3.0, scheduler: str = "ddim", batch_size: int = 8):
+    def __init__(self, context: GeneratorContext, *, checkpoint: str = str(SHIPPED), steps: int = 15,
+                 guidance: float = 3.0, scheduler: str = "dpm++2m", batch_size: int = 8):
         if scheduler not in SCHEDULERS:
             raise ValueError(f"ldm3d: unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
         if steps < 1:
