@@ -110,11 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grid", default="3mm")
     ap.add_argument("--n-per-modality", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--steps", type=int, default=None, help="sampling steps (default: the generator's)")
+    ap.add_argument("--scheduler", default=None, help="sampler (default: the generator's)")
     ap.add_argument("--guidance", type=float, default=3.0)
     a = ap.parse_args(argv)
+    sampler = {k: v for k, v in (("steps", a.steps), ("scheduler", a.scheduler)) if v is not None}
     gen = Ldm3dGenerator(GeneratorContext(cohort=None, grid=get_grid(a.grid), quiet=True), checkpoint=a.checkpoint,
-                         steps=a.steps, guidance=a.guidance)
+                         guidance=a.guidance, **sampler)
     print(json.dumps(prompt_following(gen, n_per_modality=a.n_per_modality, seed=a.seed), indent=1))
     return 0
 
