@@ -80,7 +80,8 @@ def trained(tmp_path_factory):
     cohort = tiny_cohort(root / "cohort")
     d = tiny_config("ldm3d-tiny-decoder", ae_steps=2, ae_batch=2, diff_steps=2, diff_batch=4, prediction="v")
     d["training"]["decoder"] = {"steps": 3, "batch_size": 2, "crop": 0, "adv_start": 1, "disc_warmup": 1,
-                                "disc_channels": 8, "disc_layers": 2, "perceptual_weight": 1.0, "adv_weight": 0.5, "max_minutes": 0}
+                                "disc_channels": 8, "disc_layers": 2, "perceptual_weight": 1.0, "adv_weight": 0.5,
+                                "max_minutes": 0}
     cfg = Ldm3dConfig.from_dict(d)
     train(cohort, cfg, root / "base", stage="all", quiet=True)
     return {"root": root, "cohort": cohort, "config": cfg, "base": root / "base" / "ldm3d_last.safetensors"}
@@ -200,8 +201,8 @@ def test_autoencoder_report_measures_the_round_trip(trained, tmp_path):
     with torch.no_grad():
         rec = model.decode(model.encode(x)).clamp(0, 1).numpy() * mask[None, None]
     np.testing.assert_allclose(arrays["reconstruction"], rec, atol=1e-5)
-    assert summary["n"] == 2 and summary["l1_brain"] == pytest.approx(float(np.abs(rec - x.numpy())[:, 0][:, mask].mean()),
-                                                                        rel=1e-4)
+    l1 = float(np.abs(rec - x.numpy())[:, 0][:, mask].mean())
+    assert summary["n"] == 2 and summary["l1_brain"] == pytest.approx(l1, rel=1e-4)
     assert -1 <= summary["ssim"] <= 1 and summary["sharpness_db"] > 0 and summary["hf_excess_db"] == pytest.approx(
         np.mean([v["hf_excess_db"] for v in summary["per_modality"].values()]), abs=1e-9)
     assert set(summary["per_modality"]) == {s.modality.lower() for s in test}

@@ -39,9 +39,10 @@ import torch
 import torch.nn.functional as F
 
 from generators.common.training import (atomic_torch_save, cosine_lr, load_state, progress_bar, recent_mean,
-                                        stage_deadline, step_rng, write_curve)
+                                        record_step, stage_deadline, step_rng, write_curve)
 
-__all__ = ["DeepBetPerceptual", "adaptive_weight", "decoder_parameters", "decoder_summary", "random_crops", "train_decoder_stage"]
+__all__ = ["DeepBetPerceptual", "adaptive_weight", "decoder_parameters", "decoder_summary", "random_crops",
+           "train_decoder_stage"]
 
 HISTORY_COLUMNS = ["step", "time_s", "loss", "l1", "grad", "perceptual", "gen_adv", "disc", "adv_lambda"]
 
@@ -233,14 +234,10 @@ def train_decoder_stage(ae: torch.nn.Module, latents: torch.Tensor, images: torc
                 dl.backward()
                 opt_d.step()
             step += 1
-            history.append([step, round(elapsed + time.monotonic() - t_start, 2),
-                            *(round(float(v.detach()), 6) for v in (loss, l1, gl, pl, ga, dl, lam))])
-            bar.update(1)
-            if step % 10 == 0:
-                bar.set_postfix(l1=f"{recent_mean(history, 3, 50):.4f}", p=f"{recent_mean(history, 5, 50):.4f}")
-            if step % 50 == 0 and logger:
-                logger.info("decoder step %d loss %.4f l1 %.4f grad %.4f perceptual %.4f G %.3f D %.3f", step,
-                            *(recent_mean(history, j, 50) for j in range(2, 8)))
+            record_step(history, [step, round(elapsed + time.monotonic() - t_start, 2),
+                                  *(round(float(v.detach()), 6) for v in (loss, l1, gl, pl, ga, dl, lam))], bar, logger,
+                        every=50, message="decoder step %d loss %.4f l1 %.4f grad %.4f perceptual %.4f G %.3f D %.3f",
+                        columns=range(2, 8), postfix={"l1": 3, "p": 5})
             if time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
                 save(False)
     finally:

@@ -15,7 +15,7 @@ import datetime as _dt
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -116,6 +116,20 @@ def progress_bar(total: int, initial: int, desc: str, quiet: bool):
 
     return tqdm(total=total, initial=initial, desc=desc, disable=quiet, mininterval=5.0, dynamic_ncols=True,
                 file=sys.stderr)
+
+
+def record_step(history: list, row: list, bar: Any, logger: Any, *, every: int, message: str,
+                columns: Sequence[int], postfix: dict[str, int]) -> None:
+    """Append one step's ``row`` (``[step, time_s, ...]``) to ``history``, advance the progress bar (its
+    postfix every 10 steps: the 50-step mean of each ``postfix`` column) and, every ``every`` steps,
+    log ``message % (step, *means of columns over the last every steps)``."""
+    history.append(row)
+    bar.update(1)
+    step = int(row[0])
+    if step % 10 == 0:
+        bar.set_postfix(**{name: f"{recent_mean(history, j, 50):.4f}" for name, j in postfix.items()})
+    if logger is not None and step % every == 0:
+        logger.info(message, step, *(recent_mean(history, j, every) for j in columns))
 
 
 def autoencoder_loss(ae: torch.nn.Module, x: torch.Tensor, kl_weight: float, grad_weight: float
@@ -269,14 +283,10 @@ def train_autoencoder_stage(ae: torch.nn.Module, data: torch.Tensor, config: Any
             loss, l1, kl, gl = autoencoder_loss(ae, x, acfg.kl_weight, acfg.grad_weight)
             optimizer_step(opt, loss, ae.parameters(), cfg.grad_clip)
             step += 1
-            history.append([step, round(elapsed + time.monotonic() - t_start, 2), float(loss.detach()),
-                            float(l1.detach()), float(kl.detach()), float(gl.detach())])
-            bar.update(1)
-            if step % 10 == 0:
-                bar.set_postfix(loss=f"{recent_mean(history, 2, 50):.4f}", l1=f"{recent_mean(history, 3, 50):.4f}")
-            if step % 100 == 0 and logger:
-                logger.info("autoencoder step %d loss %.4f l1 %.4f kl %.1f grad %.4f", step,
-                            *(recent_mean(history, j, 100) for j in (2, 3, 4, 5)))
+            record_step(history, [step, round(elapsed + time.monotonic() - t_start, 2), float(loss.detach()),
+                                  float(l1.detach()), float(kl.detach()), float(gl.detach())], bar, logger,
+                        every=100, message="autoencoder step %d loss %.4f l1 %.4f kl %.1f grad %.4f",
+                        columns=(2, 3, 4, 5), postfix={"loss": 2, "l1": 3})
             if time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
                 save(False)
     finally:

@@ -75,7 +75,8 @@ def _frd(rec: np.ndarray, orig: np.ndarray, other: np.ndarray, mask: np.ndarray,
     finally:
         ex.close()
     st = Standardiser.fit(f_orig, f_rec, f_other)
-    return {"frd": float(frd(f_rec, f_orig, standardiser=st)), "frd_floor": float(frd(f_other, f_orig, standardiser=st)),
+    return {"frd": float(frd(f_rec, f_orig, standardiser=st)),
+            "frd_floor": float(frd(f_other, f_orig, standardiser=st)),
             "n_floor": int(len(other))}
 
 

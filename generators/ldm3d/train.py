@@ -40,8 +40,8 @@ from bench.data.subject import Cohort
 from generators.common.decoder_training import decoder_summary, train_decoder_stage
 from generators.common.training import (atomic_torch_save, checkpoint_meta, diffusion_state, diffusion_update,
                                         ema_copies, export_model, live_modules, load_state, progress_bar,
-                                        recent_mean, resolve_cohort, restore_diffusion_state, stage_deadline,
-                                        step_rng, train_autoencoder_stage, write_curve)
+                                        recent_mean, record_step, resolve_cohort, restore_diffusion_state,
+                                        stage_deadline, step_rng, train_autoencoder_stage, write_curve)
 from generators.ldm3d.checkpoint import save_checkpoint
 from generators.ldm3d.conditioning import encode_captions
 from generators.ldm3d.config import Ldm3dConfig, load_config
@@ -286,12 +286,9 @@ class Trainer:
                 else:
                     loss = F.mse_loss(pred, target)
                 step = diffusion_update(opt, loss, params, step, dcfg, cfg.grad_clip, ema_modules, live)
-                history.append([step, round(elapsed0 + time.monotonic() - t_start, 2), float(loss.detach())])
-                bar.update(1)
-                if step % 10 == 0:
-                    bar.set_postfix(loss=f"{recent_mean(history, 2, 100):.4f}")
-                if step % 100 == 0:
-                    logger.info("diffusion step %d loss(avg100) %.4f", step, recent_mean(history, 2, 100))
+                record_step(history, [step, round(elapsed0 + time.monotonic() - t_start, 2), float(loss.detach())],
+                            bar, logger, every=100, message="diffusion step %d loss(avg100) %.4f", columns=(2,),
+                            postfix={"loss": 2})
                 if time.monotonic() - last_ckpt > cfg.checkpoint_minutes * 60:
                     save(False)
         finally:
