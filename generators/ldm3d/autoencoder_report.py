@@ -57,6 +57,8 @@ def _sharpness(rec: np.ndarray, orig: np.ndarray, mods: list[str], mask: np.ndar
 
     p_r, centres = radial_power_spectrum(rec, mask, voxel_size=voxel_size)
     p_o, _ = radial_power_spectrum(orig, mask, voxel_size=voxel_size)
+    shells = np.isfinite(p_o).all(axis=0)  # tiny grids have shells with no coefficient (as in the metric)
+    p_r, p_o, centres = p_r[:, shells], p_o[:, shells], centres[shells]
     targets = {m: np.nanmean(p_o[[i for i, x in enumerate(mods) if x == m]], axis=0) for m in set(mods)}
     t = np.stack([targets[m] for m in mods])
     hf = centres >= 0.5 * (0.5 / voxel_size)
