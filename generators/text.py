@@ -7,6 +7,7 @@ from its local folder with no network. Any local sentence-transformers / Hugging
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -45,7 +46,8 @@ class TextEncoder:
             raise FileNotFoundError(f"{self.model_dir}: no config.json; give a local Hugging Face model folder "
                                     "(text_encoder=PATH) — nothing is downloaded at run time")
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
-        self.model = AutoModel.from_pretrained(str(self.model_dir), local_files_only=True).eval().to(device)
+        with _no_hf_progress_bar():  # a "Loading weights" bar for a 23 M model, even under --quiet
+            self.model = AutoModel.from_pretrained(str(self.model_dir), local_files_only=True).eval().to(device)
         self.max_length = max_length
         self.device = device
         self.dim = int(self.model.config.hidden_size)
@@ -85,5 +87,19 @@ class TextEncoder:
 
 
 @functools.lru_cache(maxsize=4)
+@contextlib.contextmanager
+def _no_hf_progress_bar():
+    """Hide transformers' progress bars for the block, then restore the caller's setting."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def get_text_encoder(model_dir: str | None = None, device: str = "cpu", max_length: int = 128) -> TextEncoder:
     return TextEncoder(model_dir, max_length=max_length, device=device)

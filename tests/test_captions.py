@@ -165,3 +165,18 @@ def test_regional_only_and_tissue_only_captions():
     tissue = make_caption(_subject(volumes={"gm": 600.0, "csf": 210.0}))
     assert tissue.endswith("Grey matter 600.0 mL, CSF 210.0 mL.")
     assert parse_caption(tissue)["volumes"] == {"gm": 600.0, "csf": 210.0}
+
+
+def test_text_encoder_loads_silently_and_leaves_progress_bars_as_it_found_them():
+    """Loading MiniLM prints no transformers "Loading weights" bar (it leaked through --quiet), and the
+    caller's progress-bar setting is restored."""
+    import subprocess
+    import sys
+
+    code = ("from transformers.utils import logging as l\n"
+            "from generators.text import get_text_encoder\n"
+            "t = get_text_encoder()\n"
+            "print(t.dim, l.is_progress_bar_enabled())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["384", "True"]
+    assert "Loading weights" not in out.stderr and "it/s]" not in out.stderr, out.stderr
