@@ -86,7 +86,6 @@ class TextEncoder:
         return self.tokenizer.convert_ids_to_tokens(ids)
 
 
-@functools.lru_cache(maxsize=4)
 @contextlib.contextmanager
 def _no_hf_progress_bar():
     """Hide transformers' progress bars for the block, then restore the caller's setting."""
@@ -101,5 +100,6 @@ def _no_hf_progress_bar():
             hf_logging.enable_progress_bar()
 
 
+@functools.lru_cache(maxsize=4)
 def get_text_encoder(model_dir: str | None = None, device: str = "cpu", max_length: int = 128) -> TextEncoder:
     return TextEncoder(model_dir, max_length=max_length, device=device)

@@ -180,3 +180,11 @@ def test_text_encoder_loads_silently_and_leaves_progress_bars_as_it_found_them()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["384", "True"]
     assert "Loading weights" not in out.stderr and "it/s]" not in out.stderr, out.stderr
+
+
+def test_text_encoder_is_loaded_once_per_folder_and_twice_without_error():
+    from generators.text import TextEncoder, default_model_dir, get_text_encoder
+
+    assert get_text_encoder() is get_text_encoder()  # cached: the model loads once per process
+    a, b = TextEncoder(default_model_dir()), TextEncoder(default_model_dir())  # two loads in a row work
+    assert a.dim == b.dim == 384
