@@ -21,7 +21,24 @@ import torch
 from generators.base import GenerationOutput, GeneratorContext, Prompt
 from generators.ldm3d.checkpoint import SHIPPED, load_checkpoint
 
-__all__ = ["Ldm3dReconGenerator"]
+__all__ = ["Ldm3dReconGenerator", "reconstruct"]
+
+
+@torch.no_grad()
+def reconstruct(model, volumes: np.ndarray, mask: np.ndarray | None, batch_size: int = 8,
+                device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Encode ``volumes`` (N, 1, D, H, W) to their scaled posterior means and decode them: ``(volumes
+    clipped to [0, 1] and zeroed outside ``mask``, latents)``, as ``ldm3d`` post-processes a sample."""
+    vols = np.ascontiguousarray(volumes, dtype=np.float32)
+    out = np.empty_like(vols)
+    lats = np.empty((len(vols), *model.latent_shape), np.float32)
+    for i in range(0, len(vols), batch_size):
+        z = model.encode(torch.from_numpy(vols[i:i + batch_size]).to(device))
+        out[i:i + batch_size] = model.decode(z).clamp(0.0, 1.0).cpu().numpy()
+        lats[i:i + batch_size] = z.cpu().numpy()
+    if mask is not None:
+        out *= mask[None, None]
+    return out, lats
 
 
 class Ldm3dReconGenerator:
@@ -51,17 +68,10 @@ class Ldm3dReconGenerator:
             raise ValueError("ldm3d-recon: the prompt has no reference subject id; use the suite's own prompts")
         return self.ctx.cohort.load_volume(self.ctx.cohort.by_id(p.subject_id)).astype(np.float32)
 
-    @torch.no_grad()
     def generate(self, prompts: Sequence[Prompt], *, seed: int) -> GenerationOutput:
         vols = np.stack([self._volume(p) for p in prompts])[:, None] if prompts else \
             np.zeros((0, 1, *self.ctx.grid.shape), np.float32)
-        out = np.empty_like(vols)
-        lats = np.empty((len(vols), *self.model.latent_shape), np.float32)
-        for i in range(0, len(vols), self.batch_size):
-            z = self.model.encode(torch.from_numpy(vols[i:i + self.batch_size]).to(self.ctx.device))
-            out[i:i + self.batch_size] = self.model.decode(z).clamp(0.0, 1.0).cpu().numpy()
-            lats[i:i + self.batch_size] = z.cpu().numpy()
-        out *= self.mask[None, None]
+        out, lats = reconstruct(self.model, vols, self.mask, self.batch_size, self.ctx.device)
         return GenerationOutput(volumes=out, latents=lats)
 
     def info(self) -> dict:

@@ -35,21 +35,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["reconstruct", "report", "main"]
+__all__ = ["report", "write_figure", "main"]
 
 logger = logging.getLogger("generators.ldm3d.autoencoder_report")
-
-
-@torch.no_grad()
-def reconstruct(model, volumes: np.ndarray, mask: np.ndarray | None, batch: int = 8) -> np.ndarray:
-    """Encode (posterior mean) and decode ``volumes`` (N, 1, D, H, W); clipped to [0, 1], zero outside ``mask``."""
-    out = np.empty_like(volumes, dtype=np.float32)
-    for i in range(0, len(volumes), batch):
-        x = torch.from_numpy(np.ascontiguousarray(volumes[i:i + batch], dtype=np.float32))
-        out[i:i + batch] = model.decode(model.encode(x)).clamp(0.0, 1.0).numpy()
-    if mask is not None:
-        out *= mask[None, None]
-    return out
 
 
 def _sharpness(rec: np.ndarray, orig: np.ndarray, mods: list[str], mask: np.ndarray, voxel_size: float) -> dict:
@@ -91,6 +79,7 @@ def report(checkpoint: str | Path, *, n: int = 100, cohort=None, with_frd: bool 
     """
     from generators.common.training import resolve_cohort
     from generators.ldm3d.checkpoint import load_checkpoint
+    from generators.ldm3d_recon import reconstruct
     from metrics.functional.ssim import ssim3d
 
     loaded = load_checkpoint(checkpoint)
@@ -103,7 +92,7 @@ def report(checkpoint: str | Path, *, n: int = 100, cohort=None, with_frd: bool 
     mask = cohort.brain_mask()
     voxel = float(cohort.grid.voxel_size)
     orig = cohort.load_volumes(test) * mask[None, None]
-    rec = reconstruct(loaded.model, orig, mask)
+    rec, _ = reconstruct(loaded.model, orig, mask)
     mods = [str(s.attributes().get("modality", "any")).lower() for s in test]
     l1 = np.abs(rec - orig)[:, 0][:, mask].mean(axis=1)
     ssim = np.asarray(ssim3d(rec, orig, data_range=1.0), dtype=np.float64).reshape(-1)
