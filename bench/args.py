@@ -7,11 +7,12 @@ with a "did you mean" — never silently ignored.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import typing
 from pathlib import Path
 from typing import Any, Callable
+
+from core.names import did_you_mean
 
 
 class ArgumentError(ValueError):
@@ -82,8 +83,7 @@ def bind_args(target: Callable, raw: dict[str, Any], owner: str,
     out = {}
     for k, v in raw.items():
         if k not in params:
-            close = difflib.get_close_matches(k, list(params), n=2)
-            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            hint = did_you_mean(k, params, 2)
             accepted = ", ".join(params) or "none"
             raise ArgumentError(f"{owner}: unknown argument {k!r}{hint} (accepted: {accepted})")
         out[k] = _convert(v, hints.get(k, str), k, owner)

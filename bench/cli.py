@@ -133,13 +133,16 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("prompts", help="export a suite's prompts as CSV (for the folder adapter)")
     p.add_argument("--suite", required=True)
+    p.add_argument("--reference", default=None,
+                   help="reference cohort: a registered name or a prepared cohort folder (default: the suite's)")
     p.add_argument("--out", type=Path, default=None, help="CSV path (default: stdout)")
-    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--limit", type=int, default=None, help="only the first N prompts")
 
     _accept_anywhere(sub, "--quiet", "--verbose")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else (logging.WARNING if args.quiet else logging.INFO),
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from bench.console import setup_logging
+
+    setup_logging(quiet=args.quiet, verbose=args.verbose)
     try:
         return _dispatch(args)
     except KeyboardInterrupt:
@@ -147,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as e:  # noqa: BLE001
         from bench.args import ArgumentError
-        from bench.data.subject import CohortError
+        from cohorts.subject import CohortError
         from bench.records import RecordError
         from bench.registry import UnknownNameError
         from bench.suite import SuiteError
@@ -215,7 +218,7 @@ def _dispatch(args) -> int:
 
 
 def _cmd_prepare(args) -> int:
-    from bench.data.prepare import EXCLUDED_SPLIT, prepare_cohort
+    from cohorts.prepare import EXCLUDED_SPLIT, prepare_cohort
 
     mods = [m.strip() for m in args.modalities.split(",") if m.strip()] if args.modalities else None
     cohort = prepare_cohort(args.name, args.raw_dir, args.out, grid=args.grid, workers=args.workers,
@@ -252,8 +255,6 @@ def _cmd_run(args) -> int:
     from bench.args import parse_kv
 
     registry.generators.canonical(args.generator)  # unknown names fail before any heavy import
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be >= 1 (the number of prompts to use), got {args.limit}")
     from bench.records import load_record
     from bench.runner import RunConfig, run
 
@@ -261,6 +262,7 @@ def _cmd_run(args) -> int:
                     extractor_args=parse_kv(args.extractor_args), reference=args.reference, out=args.out,
                     seed=args.seed, limit=args.limit, device=args.device, resume=args.resume, quiet=args.quiet,
                     executor=args.executor, ray_address=args.ray_address)
+    cfg.check()
     path = run(cfg)
     rec = load_record(path)
     print(format_results(rec))
@@ -288,7 +290,7 @@ def format_results(rec: dict) -> str:
     from leaderboards import verdicts
 
     ref = rec["reference"]
-    head = (f"{rec['generator']['name']} on suite {rec['suite']['name']} "
+    head = (f"{rec['generator'].get('display_name') or rec['generator']['name']} on suite {rec['suite']['name']} "
             f"(reference {ref['name']}{' — SYNTHETIC' if ref.get('synthetic') else ''}, "
             f"N={rec['suite']['n_prompts']}, seed {rec['seed']})")
 
@@ -394,11 +396,15 @@ def _cmd_explain(args) -> int:
 def _cmd_prompts(args) -> int:
     import csv
 
-    from bench.runner import resolve_cohort, select_prompts
+    from bench.prompts import select_prompts
+    from bench.runner import resolve_cohort
     from bench.suite import load_suite
 
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1 (the number of prompts), got {args.limit}")
     suite = load_suite(args.suite)
-    cohort = resolve_cohort(suite.reference, suite.grid, suite.reference_args, args.quiet)
+    reference_args = suite.reference_args if args.reference is None else {}
+    cohort = resolve_cohort(args.reference or suite.reference, suite.grid, reference_args, args.quiet)
     n = suite.n_prompts if args.limit is None else min(args.limit, suite.n_prompts)
     subjects = select_prompts(cohort, n, suite.seed)
     fh = open(args.out, "w", newline="") if args.out else sys.stdout

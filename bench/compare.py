@@ -55,225 +55,51 @@ procedure (Holm 1979) at family-wise ``α = 0.05`` sorts them by p and rejects w
 (realism, diversity, conformance, privacy) gets one summary line from its headline metrics
 (:func:`leaderboards.verdicts.headline`; the axis's other metrics, by their ``axis``, are listed
 after). ``--fail-on-regression`` exits 1 when any metric is significantly worse.
+
+Layout: this module is the entry (:func:`compare`, Holm and the verdicts, the axis lines); the result
+types and texts are in :mod:`bench.compare_types`, prompt pairing, tolerances and the test of one
+metric in :mod:`bench.compare_pairs`, the statistics in :mod:`bench.compare_stats` and the rendering
+in :mod:`bench.compare_report` (all re-exported here).
 """
 
 from __future__ import annotations
 
-import logging
 import math
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
-import numpy as np
-
-from bench.compare_stats import (ALPHA, N_BOOT, SEED, Z95, _boot_fd, _independent_se, _indices,  # noqa: F401
+from bench.compare_pairs import (_compare_metric, _extractor_of, _floor_samples_half_width, _is_fd, _load_features,
+                                 _per_sample, _prompt_ids, metric_tolerance, prompt_alignment, same_prompts,
+                                 tolerances)
+from bench.compare_report import to_json, to_markdown  # (rendering lives there)
+from bench.compare_stats import (ALPHA, N_BOOT, SEED, Z95, _boot_fd, _independent_se, _indices,
                                  _percentile, bootstrap_p, holm, independent_ci, normal_p, paired_fd_ci,
                                  paired_mean_ci)
+from bench.compare_types import (BETTER, CORRECTION, CORRECTION_TEXT, MIXED, NA, RULE_FD, RULE_INDEPENDENT, RULE_NONE,
+                                 RULE_PER_SAMPLE, RULE_TEXT, SAME, TOL_FLOOR, TOL_FLOOR_SAMPLES, TOL_NONE, TOL_SUITE,
+                                 TOL_TEXT, UNMEASURED, VERDICT_RULE, WORSE, AxisSummary, Comparison, CompareError,
+                                 MetricDiff, _checkpoint, _summary)
 from bench.records import load_record
 from leaderboards import verdicts
 
-log = logging.getLogger("braingenbench.compare")
+#: every name importable from ``bench.compare``: the entry points defined here and, re-exported, the
+#: types, per-metric helpers, statistics and rendering that live in the sibling ``compare_*`` modules
+__all__ = [
+    "compare", "check_compatible", "summarise_axes", "auto_n_boot", "_resolve", "_better", "_decide", "_axis_of",
+    # compare_types
+    "RULE_PER_SAMPLE", "RULE_FD", "RULE_INDEPENDENT", "RULE_NONE", "RULE_TEXT", "CORRECTION", "CORRECTION_TEXT",
+    "VERDICT_RULE", "TOL_SUITE", "TOL_FLOOR", "TOL_FLOOR_SAMPLES", "TOL_NONE", "TOL_TEXT", "BETTER", "WORSE", "SAME",
+    "NA", "MIXED", "UNMEASURED", "CompareError", "MetricDiff", "AxisSummary", "Comparison", "_summary", "_checkpoint",
+    # compare_pairs
+    "_prompt_ids", "same_prompts", "prompt_alignment", "tolerances", "_floor_samples_half_width", "metric_tolerance",
+    "_per_sample", "_extractor_of", "_is_fd", "_load_features", "_compare_metric",
+    # compare_stats
+    "ALPHA", "N_BOOT", "SEED", "Z95", "_boot_fd", "_independent_se", "_indices", "_percentile", "bootstrap_p", "holm",
+    "independent_ci", "normal_p", "paired_fd_ci", "paired_mean_ci",
+    # compare_report
+    "to_json", "to_markdown",
+]
 
-
-RULE_PER_SAMPLE = "paired-bootstrap-per-sample"
-RULE_FD = "paired-bootstrap-fd"
-RULE_INDEPENDENT = "independent-ci"
-RULE_NONE = "no-ci"
-
-RULE_TEXT = {
-    RULE_PER_SAMPLE: "same prompts, per-prompt values recorded: paired bootstrap over prompts (the same "
-                     "resampled prompts for both runs), 95% percentile interval; p = 2·min(#{Δ* ≤ 0} + 1, "
-                     "#{Δ* ≥ 0} + 1)/(B + 1)",
-    RULE_FD: "same prompts, saved features: paired bootstrap over prompts, FD(gen_head[idx], ref[idx]) and "
-             "FD(gen_base[idx], ref[idx]) with the same resampled indices for both runs, bootstrap distribution "
-             "shifted by its bias estimate; 95% percentile interval, p = 2·min(#{Δ* ≤ 0} + 1, #{Δ* ≥ 0} + 1)"
-             "/(B + 1)",
-    RULE_INDEPENDENT: "independence approximation from the recorded CIs: se = (ci_high − ci_low)/(2·1.96), "
-                      "se_Δ = sqrt(se_base² + se_head²), CI Δ ± 1.96·se_Δ, p = 2·(1 − Φ(|Δ|/se_Δ))",
-    RULE_NONE: "no CI recorded for one of the runs: the difference cannot be tested (not in the Holm family)",
-}
-
-CORRECTION = "holm-bonferroni"
-CORRECTION_TEXT = ("Holm–Bonferroni step-down across the m metrics with a p-value (two-sided): sorted by p, "
-                   "reject while p_(i) ≤ α/(m − i + 1); family-wise α = {alpha:g}")
-VERDICT_RULE = ("significant only when Holm–Bonferroni rejects at family-wise α = {alpha:g} across the compared "
-                "metrics AND |Δ| > tolerance (per metric: the suite's tolerance when set, else the half-width of "
-                "the real-vs-real floor's bootstrap interval, else 0); better/worse by the metric's direction "
-                "(target metrics: Δ of |value − floor|)")
-
-TOL_SUITE = "suite"
-TOL_FLOOR = "floor CI"
-TOL_FLOOR_SAMPLES = "floor per-prompt bootstrap"
-TOL_NONE = "none"
-TOL_TEXT = {
-    TOL_SUITE: "the metric's `tolerance` in the suite file",
-    TOL_FLOOR: "half-width of the real-vs-real floor's bootstrap interval (floor_ci; the larger of base's and head's)",
-    TOL_FLOOR_SAMPLES: "half-width of the 95% percentile bootstrap interval of the floor's per-prompt mean "
-                       "(details.floor_per_sample; the record has no floor_ci)",
-    TOL_NONE: "0: no suite tolerance and no floor interval recorded",
-}
-
-BETTER, WORSE, SAME, NA = "better", "worse", "no significant change", "not compared"
-MIXED, UNMEASURED = "mixed", "not measured"
-
-
-class CompareError(ValueError):
-    """The two records cannot be compared (different suite, N, reference cohort or grid).
-
-    Attributes:
-        differences: One line per difference, e.g. ``"N differs: 8 vs 16"``.
-    """
-
-    def __init__(self, message: str, differences: Sequence[str] = ()):
-        super().__init__(message)
-        self.differences = list(differences)
-
-
-@dataclass
-class MetricDiff:
-    """The comparison of one metric key.
-
-    Attributes:
-        key: Metric key in both records.
-        higher_is_better: ``True``/``False`` for higher/lower metrics, None for target or unknown.
-        base: Base value.
-        head: Head value.
-        delta: The tested difference, head − base: of the value, or of ``|value − floor|`` for a
-            target metric (negative = closer to real data).
-        ci_low: Lower bound of the 95% CI of ``delta``.
-        ci_high: Upper bound of the 95% CI of ``delta``.
-        tolerance: Tolerance used for the verdict (in the units of ``delta``).
-        rule: Which CI rule was applied (``RULE_*``).
-        verdict: ``better``, ``worse``, ``no significant change`` or ``not compared``.
-        note: Why a rule was not applicable, or why the metric was not compared.
-        direction: ``higher``, ``lower``, ``target`` or None (unknown).
-        axis: ``realism``, ``diversity``, ``conformance``, ``privacy`` or None.
-        headline: True when the metric is one of its axis's headline metrics.
-        value_delta: ``head − base`` of the values (equal to ``delta`` unless target).
-        base_distance: ``|base − floor|`` (target metrics).
-        head_distance: ``|head − floor|`` (target metrics).
-        tolerance_source: Where the tolerance came from (``TOL_*``).
-        p_value: Two-sided p-value of ``delta`` (None when not tested).
-        p_holm: Holm-adjusted p-value.
-        holm_reject: Holm rejects "no change" at the family-wise α.
-    """
-
-    key: str
-    higher_is_better: bool | None
-    base: float | None
-    head: float | None
-    delta: float | None = None
-    ci_low: float | None = None
-    ci_high: float | None = None
-    tolerance: float = 0.0
-    rule: str = RULE_NONE
-    verdict: str = NA
-    note: str = ""
-    direction: str | None = None
-    axis: str | None = None
-    headline: bool = False
-    value_delta: float | None = None
-    base_distance: float | None = None
-    head_distance: float | None = None
-    tolerance_source: str = TOL_NONE
-    p_value: float | None = None
-    p_holm: float | None = None
-    holm_reject: bool = False
-
-    @property
-    def significant(self) -> bool:
-        """True for a better or worse verdict."""
-        return self.verdict in (BETTER, WORSE)
-
-
-@dataclass
-class AxisSummary:
-    """One axis's line at the top of the report.
-
-    Attributes:
-        axis: The axis.
-        verdict: ``better``, ``worse``, ``mixed``, ``no significant change`` or ``not measured``.
-        text: The line, e.g. ``realism: better (2 of 3 headline metrics improved significantly)``.
-        headline: The axis's headline metric keys that were compared.
-        others: The axis's other compared metric keys.
-        better: Metrics of the axis significantly better (headline first).
-        worse: Metrics of the axis significantly worse (headline first).
-    """
-
-    axis: str
-    verdict: str
-    text: str
-    headline: list[str] = field(default_factory=list)
-    others: list[str] = field(default_factory=list)
-    better: list[str] = field(default_factory=list)
-    worse: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Comparison:
-    """The whole comparison of two records."""
-
-    base: dict
-    head: dict
-    base_path: str
-    head_path: str
-    paired: bool
-    metrics: list[MetricDiff]
-    tolerance_source: str
-    notes: list[str] = field(default_factory=list)
-    n_boot: int = N_BOOT
-    seed: int = SEED
-    alpha: float = ALPHA
-    overridden: list[str] = field(default_factory=list)
-    axes: list[AxisSummary] = field(default_factory=list)
-
-    @property
-    def regressions(self) -> list[MetricDiff]:
-        """Metrics that are significantly worse in head."""
-        return [m for m in self.metrics if m.verdict == WORSE]
-
-    @property
-    def family_size(self) -> int:
-        """Number of metrics in the Holm family (those with a p-value)."""
-        return sum(m.p_value is not None for m in self.metrics)
-
-    def to_dict(self) -> dict:
-        """Plain-JSON form (used by ``--format json``)."""
-        return {
-            "base": _summary(self.base, self.base_path), "head": _summary(self.head, self.head_path),
-            "overridden": self.overridden, "forced": bool(self.overridden),
-            "axes": {a.axis: asdict(a) for a in self.axes},
-            "paired_prompts": self.paired, "n_boot": self.n_boot, "seed": self.seed,
-            "correction": {"method": CORRECTION, "alpha": self.alpha, "family_size": self.family_size,
-                           "text": CORRECTION_TEXT.format(alpha=self.alpha)},
-            "tolerance_source": self.tolerance_source,
-            "tolerance_sources": {s: TOL_TEXT[s] for s in sorted({m.tolerance_source for m in self.metrics})},
-            "verdict_rule": VERDICT_RULE.format(alpha=self.alpha),
-            "rules": {r: RULE_TEXT[r] for r in sorted({m.rule for m in self.metrics if m.verdict != NA})},
-            "notes": self.notes, "regression": bool(self.regressions),
-            "metrics": [asdict(m) for m in self.metrics],
-        }
-
-
-# ------------------------------------------------------------------------------------- helpers
 _f = verdicts.to_float
-
-
-def _summary(rec: dict, path: str) -> dict:
-    return {"path": path, "run_id": rec.get("run_id"), "generator": rec.get("generator", {}).get("name"),
-            "args": rec.get("generator", {}).get("args"), "seed": rec.get("seed"),
-            "checkpoint": _checkpoint(rec), "n_prompts": verdicts.n_of(rec)}
-
-
-def _checkpoint(rec: dict) -> str | None:
-    info = rec.get("generator", {}).get("info") or {}
-    if not isinstance(info, dict):
-        return None
-    for k in ("checkpoint_sha256", "sha256", "checkpoint_hash"):
-        if isinstance(info.get(k), str):
-            return info[k]
-    return None
 
 
 def _resolve(path: str | Path) -> tuple[dict, Path]:
@@ -290,225 +116,8 @@ def check_compatible(base: dict, head: dict) -> list[str]:
     return verdicts.comparability_differences(base, head)
 
 
-def _prompt_ids(rec: dict) -> list:
-    return [p.get("subject_id") if isinstance(p, dict) else None for p in rec.get("prompts") or []]
-
-
-def same_prompts(base: dict, head: dict) -> bool:
-    """True when both runs used the same prompts (same subject ids, same order)."""
-    ids_b, ids_h = _prompt_ids(base), _prompt_ids(head)
-    return bool(ids_b) and None not in ids_b and ids_b == ids_h
-
-
-def prompt_alignment(base: dict, head: dict) -> np.ndarray | None:
-    """Indices ``perm`` with ``head prompt perm[i] == base prompt i`` when both runs used the same
-    prompts, possibly in another order (unique subject ids); None when the prompt sets differ."""
-    ids_b, ids_h = _prompt_ids(base), _prompt_ids(head)
-    if same_prompts(base, head):
-        return np.arange(len(ids_b))
-    try:
-        unique = len(set(ids_b)) == len(ids_b) == len(set(ids_h)) == len(ids_h)
-    except TypeError:  # unhashable ids
-        return None
-    if not ids_b or None in ids_b or not unique or set(ids_b) != set(ids_h):
-        return None
-    pos = {s: i for i, s in enumerate(ids_h)}
-    return np.array([pos[s] for s in ids_b], dtype=np.int64)
-
-
-def tolerances(base: dict, head: dict) -> tuple[dict[str, float], str]:
-    """The tolerances the suite sets explicitly: from the record's suite metrics list, else the suite
-    file (older records). Metrics without one get a floor-derived tolerance (:func:`metric_tolerance`).
-
-    Returns:
-        ``({metric key: tolerance}, where they came from)``.
-    """
-    for rec in (head, base):
-        specs = (rec.get("suite") or {}).get("metrics")
-        if isinstance(specs, list):
-            tol = {s["key"]: float(s["tolerance"]) for s in specs
-                   if isinstance(s, dict) and "key" in s and _f(s.get("tolerance")) is not None}
-            return tol, "the record's suite"
-    name = (head.get("suite") or {}).get("name")
-    try:
-        from bench.suite import load_suite
-
-        suite = load_suite(name)
-    except Exception as e:  # noqa: BLE001 - a custom suite file need not be installed here
-        log.info("suite %r not found (%s); no explicit tolerances", name, e)
-        return {}, "none (suite file not found)"
-    version = (head.get("suite") or {}).get("version")
-    if version is not None and suite.version != version:
-        log.warning("suite %r is version %s here, the records are version %s; using its tolerances anyway",
-                    name, suite.version, version)
-    tol = {m.key: float(m.tolerance) for m in suite.metrics if m.tolerance is not None}
-    return tol, f"suite file {suite.path or name} (version {suite.version})"
-
-
-def _floor_samples_half_width(entry: dict, n_boot: int, seed: int) -> float | None:
-    d = entry.get("details") if isinstance(entry.get("details"), dict) else {}
-    fps = d.get("floor_per_sample")
-    if not isinstance(fps, list) or len(fps) < 2:
-        return None
-    v = np.array([np.nan if _f(x) is None else float(x) for x in fps])
-    if not np.all(np.isfinite(v)):
-        return None
-    ci = _percentile(v[_indices(v.size, n_boot, seed)].mean(axis=1))
-    return None if ci is None else (ci[1] - ci[0]) / 2
-
-
-def metric_tolerance(key: str, eb: dict, eh: dict, explicit: dict[str, float], *, n_boot: int = N_BOOT,
-                     seed: int = SEED) -> tuple[float, str]:
-    """The tolerance of one metric and its source (``TOL_*``): the suite's (key, else family key)
-    when set; else the half-width of the floor's bootstrap interval (larger of base and head); else 0."""
-    for k in (key, key.split("/", 1)[0]):
-        if k in explicit:
-            return float(explicit[k]), TOL_SUITE
-    widths = [(ci[1] - ci[0]) / 2 for ci in (verdicts.floor_ci(eb), verdicts.floor_ci(eh)) if ci is not None]
-    if widths:
-        return float(max(widths)), TOL_FLOOR
-    widths = [w for w in (_floor_samples_half_width(e, n_boot, seed) for e in (eb, eh)) if w is not None]
-    if widths:
-        return float(max(widths)), TOL_FLOOR_SAMPLES
-    return 0.0, TOL_NONE
-
-
-def _per_sample(entry: dict) -> np.ndarray | None:
-    d = entry.get("details") if isinstance(entry.get("details"), dict) else {}
-    ps = d.get("per_sample")
-    if not isinstance(ps, list) or not ps:
-        return None
-    arr = np.array([np.nan if _f(v) is None else float(v) for v in ps], dtype=np.float64)
-    return arr
-
-
-def _extractor_of(entry: dict) -> str | None:
-    for src in ("details", "config"):
-        d = entry.get(src)
-        if isinstance(d, dict) and isinstance(d.get("extractor"), str):
-            return d["extractor"]
-    return None
-
-
-def _is_fd(key: str, entry: dict) -> bool:
-    fam = entry.get("family")
-    return fam == "fid" or (key.rsplit("/", 1)[-1] == "fd" and fam in ("latent_similarity", "latent", None, ""))
-
-
-def _load_features(run_dir: Path, extractor: str, which: str) -> np.ndarray | None:
-    p = run_dir / "features" / extractor / f"{which}.npy"
-    if not p.is_file():
-        return None
-    try:
-        return np.load(p, allow_pickle=False).astype(np.float64)
-    except (OSError, ValueError) as e:
-        log.warning("%s is unreadable (%s); falling back to the independent rule", p, e)
-        return None
-
-
 def _better(delta: float, direction: str) -> bool:
     return delta > 0 if direction == "higher" else delta < 0
-
-
-# ---------------------------------------------------------------------------------------- main
-def _compare_metric(key: str, eb: dict, eh: dict, *, align: np.ndarray | None, dirs: tuple[Path, Path],
-                    tol: tuple[float, str], n_boot: int, seed: int) -> MetricDiff:
-    """Delta, CI and p-value of one metric (the verdict is set later, after Holm). ``align``: see
-    :func:`prompt_alignment` (None: unpaired)."""
-    d = verdicts.direction(eh) or verdicts.direction(eb)
-    axis = eh.get("axis") if eh.get("axis") in verdicts.AXES else (eb.get("axis") if eb.get("axis") in verdicts.AXES
-                                                                     else None)
-    vb, vh = _f(eb.get("value")), _f(eh.get("value"))
-    md = MetricDiff(key=key, higher_is_better=None if d in (None, "target") else d == "higher", base=vb, head=vh,
-                    tolerance=tol[0], tolerance_source=tol[1], direction=d, axis=axis)
-    if vb is None or vh is None:
-        md.note = "no value in " + " and ".join(n for n, v in (("base", vb), ("head", vh)) if v is None)
-        return md
-    md.value_delta = vh - vb
-    notes: list[str] = []
-    if d == "target":
-        fb, fh = _f(eb.get("floor")), _f(eh.get("floor"))
-        if fb is None or fh is None:
-            md.note = "target metric without a floor in " + " and ".join(
-                n for n, v in (("base", fb), ("head", fh)) if v is None) + ": distance to real data unknown"
-            return md
-        md.base_distance, md.head_distance = abs(vb - fb), abs(vh - fh)
-
-        def stat(b, h):
-            return np.abs(h - fh) - np.abs(b - fb)
-    else:
-        def stat(b, h):
-            return h - b
-    md.delta = float(stat(vb, vh))
-    boot: np.ndarray | None = None  # bootstrap distribution of the statistic, centred as it will be tested
-    if align is not None:
-        pb, ph = _per_sample(eb), _per_sample(eh)
-        ph = ph[align] if ph is not None and ph.shape == align.shape else ph
-        if _is_fd(key, eb) and _is_fd(key, eh):
-            ex = _extractor_of(eh) or _extractor_of(eb)
-            feats = None
-            if ex:
-                gb, rb = (_load_features(dirs[0], ex, w) for w in ("generated", "reference"))
-                gh, rh = (_load_features(dirs[1], ex, w) for w in ("generated", "reference"))
-                if gh is not None and rh is not None and gh.shape[0] == rh.shape[0] == align.size:
-                    gh, rh = gh[align], rh[align]
-                if any(a is None for a in (gb, rb, gh, rh)):
-                    notes.append(f"paired FD bootstrap not possible: features/{ex}/*.npy missing in a run folder")
-                elif rb.shape != rh.shape or not np.allclose(rb, rh, rtol=1e-5, atol=1e-6):
-                    notes.append(f"paired FD bootstrap not possible: the {ex} reference features differ "
-                                 "between the runs (different extractor weights?)")
-                else:
-                    feats = (gb, gh, rb)
-            else:
-                notes.append("paired FD bootstrap not possible: no extractor recorded")
-            if feats is not None:
-                res = _boot_fd(*feats, n_boot=n_boot, seed=seed)
-                if res is not None:
-                    full_b, full_h, bb, bh = res
-                    raw = stat(bb, bh)
-                    full = float(stat(full_b, full_h))
-                    if np.sum(np.isfinite(raw)) >= 10:
-                        if not math.isclose(full, md.delta, rel_tol=1e-3, abs_tol=1e-9):
-                            notes.append(f"FD recomputed from the saved features ({full:.4g}) differs from the "
-                                         f"recorded delta ({md.delta:.4g}); the interval is centred on the "
-                                         "recorded one")
-                            full_centre = md.delta
-                        else:
-                            full_centre = full
-                        # bias shift: the bootstrap mean minus the full-set statistic estimates the bias
-                        boot = raw - float(np.nanmean(raw)) + full_centre
-                        md.rule = RULE_FD
-        elif pb is not None and ph is not None:
-            if pb.shape == ph.shape and np.all(np.isfinite(pb)) and np.all(np.isfinite(ph)) and \
-                    math.isclose(float(pb.mean()), vb, rel_tol=1e-6, abs_tol=1e-9) and \
-                    math.isclose(float(ph.mean()), vh, rel_tol=1e-6, abs_tol=1e-9) and pb.size >= 2:
-                idx = _indices(pb.size, n_boot, seed)
-                boot = stat(pb[idx].mean(axis=1), ph[idx].mean(axis=1))
-                md.rule = RULE_PER_SAMPLE
-            else:
-                notes.append("per-sample values are not the per-prompt terms of the value; not paired")
-    ci: tuple[float, float] | None = None
-    if boot is not None:
-        ci, md.p_value = _percentile(boot), bootstrap_p(boot)
-        if ci is None or md.p_value is None:
-            boot, md.rule, md.p_value, ci = None, RULE_NONE, None, None
-    if boot is None:
-        se = _independent_se(eb, eh)
-        if se is not None:
-            ci = (md.delta - Z95 * se, md.delta + Z95 * se)
-            md.p_value = normal_p(md.delta, se)
-            md.rule = RULE_INDEPENDENT
-            if d == "target":
-                notes.append("se of |value − floor| approximated by the se of the value")
-        else:
-            md.rule = RULE_NONE
-            notes.append("no CI recorded: cannot test")
-    if ci is not None:
-        md.ci_low, md.ci_high = ci
-    if d is None:
-        notes.append("direction unknown")
-    md.note = "; ".join(notes)
-    return md
 
 
 def _decide(diffs: list[MetricDiff], alpha: float) -> None:
@@ -648,6 +257,3 @@ def compare(base_path: str | Path, head_path: str | Path, *, force: bool = False
     return Comparison(base=base, head=head, base_path=str(base_path), head_path=str(head_path), paired=paired,
                       metrics=diffs, tolerance_source=tol_source, notes=notes, n_boot=n_boot, seed=seed,
                       alpha=alpha, overridden=list(problems), axes=summarise_axes(diffs, head))
-
-
-from bench.compare_report import to_json, to_markdown  # noqa: E402,F401  (rendering lives there)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from bench.compare import (BETTER, CORRECTION_TEXT, MIXED, NA, RULE_FD, RULE_INDEPENDENT, RULE_NONE,
-                           RULE_PER_SAMPLE, RULE_TEXT, SAME, TOL_TEXT, UNMEASURED, VERDICT_RULE, WORSE, AxisSummary,
-                           Comparison, _checkpoint)
+from bench.compare_types import (BETTER, CORRECTION_TEXT, MIXED, NA, RULE_FD, RULE_INDEPENDENT, RULE_NONE,
+                                 RULE_PER_SAMPLE, RULE_TEXT, SAME, TOL_TEXT, UNMEASURED, VERDICT_RULE, WORSE,
+                                 AxisSummary, Comparison, _checkpoint)
 from leaderboards import verdicts
 
 

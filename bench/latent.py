@@ -27,7 +27,7 @@ class Ldm3dLatentExtractor(CallableExtractor):
     """
 
     def __init__(self, *, checkpoint: str = "", device: str = "cpu", batch_size: int = 8):
-        from bench.data.grid import get_grid
+        from cohorts.grid import get_grid
         from generators.ldm3d.checkpoint import read_metadata
         from generators.ldm3d.generator import SHIPPED, make_latent_encoder
 

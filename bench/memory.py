@@ -69,7 +69,7 @@ def compute_allocation(threshold: int = COMPUTE_MMAP_THRESHOLD):
 
     Torch's activations are short-lived arrays of a few MiB. Under the run's 1 MiB threshold each one is
     a fresh ``mmap`` that the kernel zero-fills page by page, which made ldm3d sampling inside
-    ``bench run`` ~1.5x slower than the same call in a plain process (README, "Speed"). A compute block
+    ``bench run`` ~1.5x slower than the same call in a plain process (docs/scaling.md, "The heap policy"). A compute block
     (a generator's ``generate``) holds only its own working set, so the heap it grows is returned by the
     ``malloc_trim`` on exit. Does nothing when the run's policy is not in force (no
     ``MALLOC_MMAP_THRESHOLD_``, or one already at least ``threshold``) or off glibc.

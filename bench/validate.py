@@ -30,7 +30,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.cache import atomic_write_json
+from core.io import atomic_write_json
 from generators.corrupt import CORRUPTIONS, check_kind
 from leaderboards import verdicts
 

@@ -9,9 +9,7 @@ The pytest part times, on the 400-subject phantom at 3 mm: fitting the conforman
 generating with it, and one ``slice2d`` volume (when the checkpoint is present).
 
 The script part runs the suite for each generator and prints the conformance and through-plane
-results next to their real-data ceilings/floors (the README figures). Until the runner provides
-``sets.extra["atlas"]``, ``["train_attributes"]`` and ``["cohort_hash"]`` itself, :func:`wire_runner`
-adds them (a no-op once it does).
+results next to their real-data ceilings/floors (the README figures).
 """
 
 from __future__ import annotations
@@ -24,51 +22,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.data.grid import GRIDS
+from cohorts.grid import GRIDS
 
 GRID = GRIDS["3mm"]
 
 
 def conformance_extra(cohort) -> dict:
-    """The ``sets.extra`` entries the conformance metric reads, built from a cohort."""
-    from bench.data.atlas import load_priors
+    """The ``EvalSets`` fields the conformance metric reads, built from a cohort."""
+    from cohorts.atlas import atlas_on_grid
 
-    g = cohort.grid
-    pri = load_priors(g.voxel_size, g.shape, g.affine)
-    return {"atlas": {"gm": pri.gm, "wm": pri.wm, "csf": pri.csf,
-                      "ventricles": pri.structure_mask("lateral_ventricles"), "labels": pri.labels,
-                      "voxel_volume_ml": g.voxel_volume_ml},
-            "train_attributes": [s.attributes() for s in cohort.split("train")],
+    return {"atlas": atlas_on_grid(cohort.grid), "train_attributes": [s.attributes() for s in cohort.split("train")],
             "cohort_hash": cohort.content_hash}
-
-
-def wire_runner() -> None:
-    """Make ``bench.runner.run`` hand the conformance inputs to metrics when it does not yet."""
-    import bench.runner as runner
-
-    if getattr(runner, "_bgb_conformance_wired", False):
-        return
-    state: dict = {}
-    orig_resolve, orig_sets = runner.resolve_cohort, runner.EvalSets
-
-    def resolve(*a, **k):
-        state["cohort"] = orig_resolve(*a, **k)
-        return state["cohort"]
-
-    def make_sets(**kw):
-        sets = orig_sets(**kw)
-        missing = {k: v for k, v in conformance_extra(state["cohort"]).items() if k not in sets.extra}
-        sets.extra.update(missing)
-        return sets
-
-    runner.resolve_cohort, runner.EvalSets = resolve, make_sets
-    runner._bgb_conformance_wired = True
 
 
 # ------------------------------------------------------------------------------------------ pytest
 @pytest.fixture(scope="module")
 def phantom():
-    from bench.data.phantom import PhantomCohort
+    from cohorts.phantom import PhantomCohort
 
     cohort = PhantomCohort.get("3mm", n_subjects=400, seed=0, quiet=True)
     train = cohort.split("train")
@@ -77,7 +47,7 @@ def phantom():
 
 
 def test_conformance_fit_and_score(benchmark, phantom, tmp_path, monkeypatch):
-    from bench.data.captions import parse_caption
+    from cohorts.captions import parse_caption
     from metrics.base import EvalSets
     from metrics.conformance import Conformance
 
@@ -85,7 +55,7 @@ def test_conformance_fit_and_score(benchmark, phantom, tmp_path, monkeypatch):
     monkeypatch.setenv("BRAINGENBENCH_HOME", str(tmp_path))  # cold predictor cache
     sets = EvalSets(generated=test_vols, reference=test_vols, floor=test_vols, brain_mask=cohort.brain_mask(),
                     features=lambda e, s: None, train=train_vols, attributes=[parse_caption(s.caption) for s in test],
-                    extra=conformance_extra(cohort))
+                    **conformance_extra(cohort))
     res = benchmark.pedantic(lambda: Conformance(cache=False).compute(sets, seed=0), rounds=1, iterations=1)
     benchmark.extra_info.update({k: round(r.floor, 3) for k, r in res.items()})
 
@@ -98,7 +68,7 @@ def test_through_plane(benchmark, phantom):
 
 
 def test_pca_fit_and_generate(benchmark, phantom):
-    from bench.data.captions import parse_caption
+    from cohorts.captions import parse_caption
     from generators.base import GeneratorContext, Prompt
     from generators.pca import PCAGenerator
 
@@ -116,7 +86,7 @@ def test_slice2d_one_volume(benchmark, phantom):
 
     if not SHIPPED.exists():
         pytest.skip(f"{SHIPPED} not trained yet (python -m generators.slice2d.train ...)")
-    from bench.data.captions import parse_caption
+    from cohorts.captions import parse_caption
     from generators.base import GeneratorContext, Prompt
     from generators.slice2d import Slice2dGenerator
 
@@ -145,7 +115,6 @@ def main(argv=None) -> int:
     from bench.records import load_record
     from bench.runner import RunConfig, run
 
-    wire_runner()
     rows = {}
     for g in args.generators.split(","):
         t0 = time.perf_counter()

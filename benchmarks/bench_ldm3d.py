@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.data.grid import get_grid
+from cohorts.grid import get_grid
 from generators.base import GeneratorContext, Prompt
 
 N = int(os.environ.get("BGB_BENCH_N", "8"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from bench.data.phantom import PhantomCohort, workspace
+from cohorts.phantom import PhantomCohort, workspace
 
 N = int(os.environ.get("BGB_BENCH_N", "200"))
 WORKERS = int(os.environ.get("BGB_BENCH_WORKERS", "2"))

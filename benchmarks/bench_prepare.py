@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import os
 
-from bench.data import preprocess
-from bench.data.grid import get_grid
-from bench.data.prepare import prepare_cohort
+from cohorts import preprocess
+from cohorts.grid import get_grid
+from cohorts.prepare import prepare_cohort
 from tests import dataset_fixtures as F
 
 N = int(os.environ.get("BGB_BENCH_N", "2"))

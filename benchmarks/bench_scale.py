@@ -89,7 +89,7 @@ def measure(grid: str, n: int, executor: str = "local", workdir: Path | None = N
 
 
 def _measure(grid: str, n: int, executor: str, workdir: Path) -> dict:
-    from bench.cache import home
+    from core.io import home
 
     bench_home = workdir / "home"
     (bench_home / "cohorts").mkdir(parents=True, exist_ok=True)

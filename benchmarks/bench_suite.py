@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.cache import home
+from core.io import home
 from bench.records import load_record
 from bench.runner import RunConfig, run
 

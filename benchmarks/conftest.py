@@ -11,7 +11,7 @@ import pytest
 def bench_home(tmp_path_factory):
     """A home of its own (empty feature cache) with the quick/full suites' phantom cohort linked in;
     the cohort is built once, in the user's real home."""
-    from bench.data.phantom import PhantomCohort
+    from cohorts.phantom import PhantomCohort
 
     cohort = PhantomCohort.get("3mm", n_subjects=400, seed=0, quiet=True)
     h = tmp_path_factory.mktemp("bench-home")

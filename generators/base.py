@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-if TYPE_CHECKING:  # generators may import bench.data (cohorts to train on)
-    from bench.data.subject import Cohort
-    from bench.data.grid import Grid
+if TYPE_CHECKING:  # generators may import cohorts (cohorts to train on)
+    from cohorts.subject import Cohort
+    from cohorts.grid import Grid
 
 
 @dataclass(frozen=True)
@@ -26,13 +26,16 @@ class Prompt:
     Args:
         text: the caption.
         attributes: modality, age, sex, volumes (mL) ... parsed from ``text``
-            (``bench.data.captions.parse_caption``).
+            (``cohorts.captions.parse_caption``).
         subject_id: the reference subject whose caption this is, when there is one.
+        row: the prompt's position in the user's own prompt list (the ``folder`` adapter's manifest),
+            when the prompts are the user's rather than the suite's.
     """
 
     text: str
     attributes: dict = field(default_factory=dict, hash=False, compare=False)
     subject_id: str | None = None
+    row: int | None = None
 
 
 @dataclass

@@ -61,10 +61,9 @@ CORRUPTIONS: dict[str, Corruption] = {c.kind: c for c in (
 def check_kind(kind: str) -> str:
     """``kind`` when it names a corruption, else an error with a suggestion."""
     if kind not in CORRUPTIONS:
-        import difflib
+        from core.names import did_you_mean
 
-        close = difflib.get_close_matches(kind, sorted(CORRUPTIONS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else f"; choose from {', '.join(CORRUPTIONS)}"
+        hint = did_you_mean(kind, sorted(CORRUPTIONS), 1, otherwise=f"; choose from {', '.join(CORRUPTIONS)}")
         raise ValueError(f"unknown corruption {kind!r}{hint}")
     return kind
 
@@ -187,5 +186,5 @@ class CorruptGenerator:
 
     def info(self) -> dict:
         c = CORRUPTIONS[self.kind]
-        return {"role": "baseline", "description": f"held-out real volumes, {c.description}", "kind": self.kind,
+        return {"role": "oracle", "description": f"held-out real volumes, {c.description}", "kind": self.kind,
                 "level": self.level, "amount": self.amount, "unit": c.unit}

@@ -76,7 +76,7 @@ class Ldm3dReconGenerator:
 
     def info(self) -> dict:
         tr = self.meta.get("training", {})
-        return {"role": "baseline", "name": self.name,
+        return {"role": "oracle", "name": self.name,
                 "description": "held-out real volumes encoded and decoded by the ldm3d autoencoder (its ceiling)",
                 "checkpoint": str(self.path), "checkpoint_sha256": self.sha256,
                 "autoencoder": tr.get("autoencoder"), "decoder": tr.get("decoder")}

@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from bench.data.subject import MODALITIES, STRUCTURES
+from cohorts.subject import MODALITIES, STRUCTURES
 from generators.base import GenerationOutput, GeneratorContext, Prompt, seed_for
 
 logger = logging.getLogger(__name__)

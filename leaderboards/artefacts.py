@@ -3,13 +3,12 @@
 Everything here is optional: a run folder without samples, a cohort folder that has moved, a
 metric without the expected details — each is skipped with a logged reason, and the run page says
 what is not shown. Inputs are plain files only (``samples/shard_*.npz``, the cohort's
-``manifest.csv`` / NIfTI images / ``brain_mask.nii.gz``, ``explain/index.json``); this module
-imports neither ``bench`` nor ``metrics``.
+``manifest.csv`` / NIfTI images / ``brain_mask.nii.gz``, ``explain/index.json``, read through
+:mod:`core.runfiles`); this module imports neither ``bench`` nor ``metrics``.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from core.runfiles import CohortFiles, load_generated, mid_slices
 
 from . import charts
 
@@ -55,112 +56,7 @@ class RunArtefacts:
     missing: list[str] = field(default_factory=list)
 
 
-# ------------------------------------------------------------------------------------ loading
-def load_generated(run_dir: Path, limit: int | None = None) -> tuple[np.ndarray | None, list[str]]:
-    """Generated volumes and their subject ids from ``samples/shard_*.npz`` (in shard order).
-
-    Args:
-        run_dir: The run folder.
-        limit: Stop after this many volumes.
-
-    Returns:
-        ``(volumes (N, D, H, W) float32 or None, subject ids)``.
-    """
-    vols: list[np.ndarray] = []
-    ids: list[str] = []
-    for shard in sorted((run_dir / "samples").glob("shard_*.npz")):
-        try:
-            with np.load(shard, allow_pickle=False) as z:
-                v = np.asarray(z["volumes"], dtype=np.float32)
-                s = [str(x) for x in z["subject_ids"]] if "subject_ids" in z.files else [""] * len(v)
-        except (OSError, ValueError, KeyError) as e:
-            logger.warning("skipping unreadable sample shard %s: %s", shard, e)
-            continue
-        if v.ndim == 5:
-            v = v[:, 0]
-        if v.ndim != 4:
-            logger.warning("skipping sample shard %s: volumes have shape %s, expected (N, 1, D, H, W)",
-                           shard, v.shape)
-            continue
-        vols.append(v)
-        ids += s
-        if limit is not None and sum(len(x) for x in vols) >= limit:
-            break
-    if not vols:
-        return None, []
-    out = np.concatenate(vols)
-    if limit is not None:
-        out, ids = out[:limit], ids[:limit]
-    return out, ids
-
-
-class CohortFiles:
-    """Read-only access to a prepared cohort folder (``manifest.csv``, images, brain mask)."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.images: dict[str, Path] = {}
-        with (root / "manifest.csv").open(encoding="utf-8", newline="") as fh:
-            for row in csv.DictReader(fh):
-                sid, img = row.get("subject_id"), row.get("image")
-                if sid and img:
-                    self.images[sid] = root / img
-
-    @classmethod
-    def open(cls, record: dict) -> tuple["CohortFiles | None", str]:
-        """The cohort folder of a record, or None with the reason."""
-        ref = record.get("reference") if isinstance(record.get("reference"), dict) else {}
-        path = ref.get("path")
-        if not isinstance(path, str) or not path:
-            return None, "the record does not name its reference cohort folder"
-        root = Path(path)
-        if not (root / "manifest.csv").is_file():
-            return None, f"the reference cohort folder {root} (manifest.csv) is not on this machine"
-        try:
-            return cls(root), ""
-        except (OSError, csv.Error, UnicodeDecodeError) as e:
-            return None, f"cannot read {root / 'manifest.csv'}: {e}"
-
-    def volume(self, subject_id: str) -> np.ndarray | None:
-        """The subject's image as float32 (D, H, W), or None."""
-        path = self.images.get(subject_id)
-        if path is None:
-            return None
-        # the manifest could be edited by hand: never read outside the cohort folder
-        try:
-            path.resolve().relative_to(self.root.resolve())
-        except ValueError:
-            logger.warning("cohort manifest points outside its folder (%s); ignored", path)
-            return None
-        return _nifti(path)
-
-    def brain_mask(self) -> np.ndarray | None:
-        """The cohort brain mask (bool, D×H×W), or None."""
-        m = _nifti(self.root / "brain_mask.nii.gz")
-        return None if m is None else m > 0.5
-
-
-def _nifti(path: Path) -> np.ndarray | None:
-    import nibabel as nib
-
-    try:
-        return np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
-    except Exception as e:  # noqa: BLE001 - nibabel raises many types for missing/corrupt files
-        logger.warning("cannot read %s: %s", path, e)
-        return None
-
-
 # ----------------------------------------------------------------------------------- montages
-def mid_slices(vol: np.ndarray) -> list[np.ndarray]:
-    """Axial, coronal and sagittal mid slices of a RAS+ (x, y, z) volume, oriented for display
-    (superior / anterior up, subject's left on the right as in radiological view)."""
-    x, y, z = (s // 2 for s in vol.shape)
-    axial = np.rot90(vol[:, :, z])       # rows: anterior -> posterior
-    coronal = np.rot90(vol[:, y, :])     # rows: superior -> inferior
-    sagittal = np.rot90(vol[x, :, :])    # rows: superior -> inferior, anterior to the right
-    return [axial, coronal, sagittal]
-
-
 def _vmax(vol: np.ndarray) -> float:
     """1 for volumes in [0, 1] (the suite convention), else a robust maximum."""
     finite = vol[np.isfinite(vol)]
@@ -415,6 +311,9 @@ def collect(record: dict, run_dir: Path | None, asset_dir: Path, rel_prefix: str
             art.missing.append(f"real images: {why}")
         for i in range(min(N_MONTAGES, len(gen))):
             sid = gen_ids[i] if i < len(gen_ids) else ""
+            if not sid and i < len(prompts) and isinstance(prompts[i], dict):  # the generator's own prompts:
+                sid = str(prompts[i].get("reference_subject_id") or "")       # show the matched real volume
+                texts.setdefault(sid, str(prompts[i].get("text", "")))
             real = cohort.volume(sid) if (cohort is not None and sid) else None
             if real is not None and real.shape != gen[i].shape:
                 logger.warning("cohort image of %s has shape %s, samples %s; not shown", sid, real.shape,

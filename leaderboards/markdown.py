@@ -114,7 +114,7 @@ def to_markdown(tables: Iterable[Table], *, title: str | None = "BrainGenBench l
         lines += ["↑ higher is better · ↓ lower is better · target: real — closest to the floor is best · "
                   "×r: value / floor (×1 = real data) · ✗ outside the floor (worse) · "
                   "⚠ better than real data (suspicious) · **bold** ★: best run among those passing the "
-                  "memorisation gate (memorising baselines never) · "
+                  "memorisation gate (memorising baselines and oracles never) · "
                   "floor: same metric, real vs real (split halves of the reference)", ""]
     return "\n".join(lines)
 

@@ -14,6 +14,8 @@ import logging
 from pathlib import Path
 from typing import Any, Iterable
 
+from core.record import record_problem
+
 from . import verdicts
 
 from .table import (FLOOR_LABEL, MISSING, PREFERRED_ORDER, SUB_ORDER,  # noqa: F401  (re-exported: the table model)
@@ -41,17 +43,8 @@ def _validate(record: Any) -> str | None:
             f"unknown schema_version {version!r} (this leaderboard reads "
             f"{sorted(SUPPORTED_SCHEMA_VERSIONS)}); upgrade braingenbench or re-run the benchmark"
         )
-    if not isinstance(record.get("run_id"), str) or not record["run_id"]:
-        return "missing 'run_id'"
-    gen = record.get("generator")
-    if not isinstance(gen, dict) or not isinstance(gen.get("name"), str):
-        return "missing 'generator.name'"
-    suite = record.get("suite")
-    if not isinstance(suite, dict) or not isinstance(suite.get("name"), str):
-        return "missing 'suite.name'"
-    if not isinstance(record.get("metrics"), dict):
-        return "missing 'metrics' object"
-    return None
+    problem = record_problem(record)
+    return None if problem is None else f"not a valid run record ({problem}; see core/record.schema.json)"
 
 
 def load_records(runs_dir: str | Path) -> list[dict]:
@@ -282,7 +275,8 @@ def _build_table(records: list[dict]) -> Table:
         gen = rec["generator"]
         args = gen.get("args") or {}
         short = format_args(args)
-        label = f"{gen['name']} ({short})" if short else gen["name"]
+        shown = gen.get("display_name")  # e.g. the folder adapter's name=: the user's own model name
+        label = str(shown) if shown else (f"{gen['name']} ({short})" if short else gen["name"])
         cells = {c.key: _cell_from_metric(rec["metrics"].get(c.key, {})) for c in columns}
         for c in columns:  # a metric a run does not have is simply missing, not an error
             if c.key not in rec["metrics"]:
@@ -348,7 +342,7 @@ def build_tables(records: Iterable[dict]) -> list[Table]:
     headline realism metric, plus a trailing ``"real vs real (floor)"`` row (the mean of the runs'
     floors, with one note when they differ). Columns are the union of metric keys in a stable
     preferred order; the best value per column is marked among the runs that pass the memorisation
-    gate (never a memorising baseline; the floor row never counts).
+    gate (never a memorising baseline or an oracle; the floor row never counts).
 
     Args:
         records: Run records as returned by :func:`load_records`.

@@ -291,9 +291,9 @@ class Row:
 
     @property
     def may_star(self) -> bool:
-        """Whether the run may get a best marker: a run, not failing the memorisation gate and not a
-        memorising baseline (a run without a memorisation metric may)."""
-        return not self.is_floor and self.gate is not False and self.role != "memorising baseline"
+        """Whether the run may get a best marker: a run, not failing the memorisation gate, not a
+        memorising baseline and not an oracle (a run without a memorisation metric may)."""
+        return not self.is_floor and self.gate is not False and verdicts.may_star(self.role)
 
     @property
     def gate_note(self) -> str:

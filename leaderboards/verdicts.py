@@ -19,6 +19,8 @@ Conventions (stated in the README, section "Reading the numbers"):
 * **memorisation gate** — a run passes when its memorisation interval reaches down to the real-data
   rate (its ``ci_low`` is at most ``max(floor, nominal rate)``) and it produced no near-exact copies;
   runs that fail, and generators whose role is ``memorising baseline``, never get a star.
+* **oracle** — a generator that reads the held-out reference volumes of the prompts (an autoencoder's
+  round trip, corrupted real volumes): a bound or a probe of the metrics, shown but never starred.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from typing import Any
 #: Headline axes, in display order.
 AXES = ("realism", "diversity", "conformance", "privacy")
 #: Roles a generator declares in ``info()["role"]``.
-ROLES = ("reference-model", "baseline", "memorising baseline", "external")
+ROLES = ("reference-model", "baseline", "memorising baseline", "oracle", "external")
+#: Roles that never get a best marker, whatever their numbers.
+UNRANKED_ROLES = ("memorising baseline", "oracle")
 #: Default headline metrics for records written before suites declared ``headline:`` (first existing wins).
 _DEFAULT_HEADLINE = {
     "realism": ("radiomics", "sharpness", "fid-deepbet"),
@@ -171,6 +175,11 @@ def role(record: dict) -> str:
     info = gen.get("info") if isinstance(gen.get("info"), dict) else {}
     r = info.get("role")
     return r if r in ROLES else "external"
+
+
+def may_star(record_role: str) -> bool:
+    """Whether a generator of this role may get a best marker (not a memorising baseline, not an oracle)."""
+    return record_role not in UNRANKED_ROLES
 
 
 def memorisation_gate(record: dict) -> tuple[bool | None, str]:

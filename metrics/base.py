@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from typing import Any, Callable, ClassVar
 
 import numpy as np
@@ -52,12 +53,18 @@ class EvalSets:
         voxel_size: mm.
         feature_names: ``feature_names(extractor)`` -> names of the feature columns, when the
             extractor has them (e.g. radiomics).
-        extra: what particular metrics ask the runner for: ``cohort_hash``; ``train_attributes`` (the
-            training subjects' true attributes, with ``requires_train``); ``atlas`` (priors on the grid:
-            gm, wm, csf, labels, ventricles, voxel_volume_ml, with ``requires_atlas``);
-            ``tissue_consensus`` (voxel-wise majority of the reference subjects' tissue labels, when
-            the cohort has labels).
         shard_mapper: runs per-shard functions (default: in this process, in order).
+        cohort_hash: content hash of the reference cohort (a cache key for what is fitted on it).
+        train_attributes: the training subjects' true attributes (with :attr:`Input.TRAIN`).
+        atlas: atlas priors on the grid: ``gm``, ``wm``, ``csf``, ``labels``, ``ventricles``,
+            ``voxel_volume_ml`` (with :attr:`Input.ATLAS`).
+        tissue_consensus: (D, H, W) voxel-wise majority of the reference subjects' tissue labels, when
+            the cohort has labels (with :attr:`Input.TISSUE_LABELS`).
+        reference_labels: per-subject tissue label maps, when a caller has them instead of a consensus.
+        tissue_names: tissue label -> name, overriding the defaults.
+        paired: ``reference[i]`` is the real volume whose caption was prompt ``i``. False when the prompts
+            are the user's own (the ``folder`` adapter with its own manifest): metrics that need the
+            pairing (:attr:`Input.PAIRED_REFERENCE`) are then skipped with a reason.
     """
 
     generated: VolumeSet
@@ -68,9 +75,15 @@ class EvalSets:
     train: VolumeSet | None = None
     attributes: list[dict] = field(default_factory=list)
     voxel_size: float = 3.0
-    extra: dict[str, Any] = field(default_factory=dict)
     feature_names: Callable[[str], list[str] | None] | None = None
     shard_mapper: ShardMapper = map_in_process
+    cohort_hash: str | None = None
+    train_attributes: list[dict] | None = None
+    atlas: dict[str, Any] | None = None
+    tissue_consensus: np.ndarray | None = None
+    reference_labels: np.ndarray | None = None
+    tissue_names: dict[int, str] | None = None
+    paired: bool = True
 
     def __post_init__(self) -> None:
         for name in SET_NAMES:
@@ -88,7 +101,7 @@ class EvalSets:
             raise KeyError(f"no volume set {name!r}; the sets are {SET_NAMES}")
         v = getattr(self, name)
         if v is None:
-            raise KeyError(f"volume set {name!r} was not provided (a metric needing it sets requires_train)")
+            raise KeyError(f"volume set {name!r} was not provided (a metric needing it declares Input.TRAIN)")
         return v
 
     def map(self, fn: Callable, *names: str):
@@ -155,6 +168,20 @@ class MetricResult:
         return d
 
 
+class Input(str, Enum):
+    """An input a metric declares in :attr:`Metric.inputs`; the runner fills the matching
+    :class:`EvalSets` fields only for metrics that ask."""
+
+    #: the training split: ``sets.train`` (volumes) and ``sets.train_attributes``
+    TRAIN = "train"
+    #: ``sets.atlas``: tissue priors and structure labels on the suite grid
+    ATLAS = "atlas"
+    #: ``sets.tissue_consensus``: the reference subjects' majority tissue map (when the cohort has labels)
+    TISSUE_LABELS = "tissue_labels"
+    #: ``reference[i]`` is the real volume of prompt ``i`` (suite prompts, not the user's own)
+    PAIRED_REFERENCE = "paired_reference"
+
+
 class Metric:
     """Base class of metric families. Subclasses set ``name``, ``higher_is_better`` and implement
     :meth:`compute`; ``config()`` returns what goes into the record (every choice that changes the
@@ -165,8 +192,9 @@ class Metric:
     description: ClassVar[str] = ""
     axis: ClassVar[str] = "realism"  # one of AXES; sub-results may differ (see axis_of)
     sub_axes: ClassVar[dict[str, str]] = {}  # sub-result key -> axis, where it differs from ``axis``
-    requires_train: ClassVar[bool] = False  # the runner loads the training split only when asked
-    requires_atlas: ClassVar[bool] = False  # the runner puts atlas priors in sets.extra["atlas"] when asked
+    #: What the metric needs beyond the generated, reference and floor sets: the runner provides
+    #: exactly these (and skips, with a reason, a metric whose inputs the run cannot provide).
+    inputs: ClassVar[frozenset[Input]] = frozenset()
 
     def compute(self, sets: EvalSets, *, seed: int) -> MetricResult | dict[str, MetricResult]:
         raise NotImplementedError

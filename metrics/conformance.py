@@ -22,9 +22,9 @@ volumes in place of the generated ones. The ``*_r`` results carry per-sample ``r
 ``measured`` arrays for the requested-vs-measured plots.
 
 Inputs the runner provides (see :class:`~metrics.base.EvalSets`): ``sets.train`` (training volumes),
-``sets.extra["train_attributes"]`` (their true attributes), ``sets.extra["atlas"]`` (priors on the
+``sets.train_attributes`` (their true attributes), ``sets.atlas`` (priors on the
 grid: ``gm, wm, csf, ventricles, labels, voxel_volume_ml``) and optionally
-``sets.extra["cohort_hash"]`` (cache key; otherwise the training volumes' bytes are hashed, one
+``sets.cohort_hash`` (cache key; otherwise the training volumes' bytes are hashed, one
 sha256 per volume). Fitted predictors are cached as JSON under
 ``$BRAINGENBENCH_HOME/cache/predictors``.
 
@@ -37,15 +37,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from functools import partial
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from metrics.base import EvalSets, Metric, MetricResult, log
+from core.io import atomic_write_text, home
+from metrics.base import EvalSets, Input, Metric, MetricResult, log
 from metrics.functional.bootstrap import BC, bootstrap_ci
 from metrics.functional.conformance import (MEASUREMENTS, PREDICTOR_VERSION, VOLUME_TARGETS, AtlasRegions,
                                             ConformanceError, ConformancePredictors, atlas_regions, measure,
@@ -54,8 +53,7 @@ from metrics.functional.conformance import (MEASUREMENTS, PREDICTOR_VERSION, VOL
 
 def predictor_cache_dir() -> Path:
     """``$BRAINGENBENCH_HOME/cache/predictors`` (default home ``~/.cache/braingenbench``)."""
-    home = Path(os.environ.get("BRAINGENBENCH_HOME", Path.home() / ".cache" / "braingenbench")).expanduser()
-    return home / "cache" / "predictors"
+    return home() / "cache" / "predictors"
 
 
 def volume_digests(volumes: np.ndarray) -> np.ndarray:
@@ -66,14 +64,14 @@ def volume_digests(volumes: np.ndarray) -> np.ndarray:
 
 
 def _hash_training(sets: EvalSets) -> str:
-    cohort_hash = sets.extra.get("cohort_hash")
+    cohort_hash = sets.cohort_hash
     h = hashlib.sha256()
     if cohort_hash:
         h.update(f"cohort:{cohort_hash}".encode())
     else:  # content of the training volumes, read shard by shard
         h.update(f"train-volumes:float32:{sets.train.shape}".encode())
         h.update(sets.map(volume_digests, "train").tobytes())
-    h.update(json.dumps(sets.extra.get("train_attributes"), sort_keys=True, default=str).encode())
+    h.update(json.dumps(sets.train_attributes, sort_keys=True, default=str).encode())
     return h.hexdigest()
 
 
@@ -101,8 +99,7 @@ class Conformance(Metric):
     axis = "conformance"
     name = "conformance"
     higher_is_better = True
-    requires_train = True
-    requires_atlas = True  # the runner passes sets.extra["atlas"] (priors on the suite grid)
+    inputs = frozenset({Input.TRAIN, Input.ATLAS})
     description = "prompt conformance: attribute predictors (fitted on real training data) on generated volumes"
 
     def __init__(self, *, structures: Sequence[str] = VOLUME_TARGETS, min_per_modality: int = 12,
@@ -127,22 +124,22 @@ class Conformance(Metric):
 
     # -------------------------------------------------------------- predictors
     def regions(self, sets: EvalSets) -> AtlasRegions:
-        atlas = sets.extra.get("atlas")
+        atlas = sets.atlas
         if atlas is None:
-            raise ConformanceError("conformance needs sets.extra['atlas'] (atlas priors on the suite grid: gm, wm, "
+            raise ConformanceError("conformance needs sets.atlas (atlas priors on the suite grid: gm, wm, "
                                    "csf, ventricles, labels, voxel_volume_ml); the runner provides it — when calling "
-                                   "the metric directly, build it from bench.data.atlas.load_priors")
+                                   "the metric directly, build it from cohorts.atlas.load_priors")
         if self._regions is None or self._regions[0] != id(atlas):
             self._regions = (id(atlas), atlas_regions(atlas))
         return self._regions[1]
 
     def predictors(self, sets: EvalSets) -> tuple[ConformancePredictors, dict]:
         """Fitted predictors for the training data in ``sets`` (from the cache when possible)."""
-        attrs = sets.extra.get("train_attributes")
+        attrs = sets.train_attributes
         if sets.train is None or attrs is None:
             raise ConformanceError("conformance needs the training split: sets.train (volumes) and "
-                                   "sets.extra['train_attributes'] (their true attributes: modality, age, sex, "
-                                   "volumes); set requires_train on the metric and let the runner load them")
+                                   "sets.train_attributes (their true attributes: modality, age, sex, "
+                                   "volumes); the metric declares Input.TRAIN and the runner loads them")
         if len(attrs) != len(sets.train):
             raise ConformanceError(f"sets.train has {len(sets.train)} volumes but train_attributes has "
                                    f"{len(attrs)} records; they must be the same subjects in the same order")
@@ -161,14 +158,10 @@ class Conformance(Metric):
                 log.warning("%s: unusable cached predictors (%s); refitting", path, e)
         meas = sets.map(partial(measure, regions=regions), "train")
         pred = ConformancePredictors.fit(meas, attrs, min_per_modality=self.min_per_modality,
-                                         meta={"cache_key": key, "cohort_hash": sets.extra.get("cohort_hash")})
+                                         meta={"cache_key": key, "cohort_hash": sets.cohort_hash})
         if self.cache:
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-                with os.fdopen(fd, "w") as f:
-                    f.write(pred.to_json())
-                os.replace(tmp, path)
+                atomic_write_text(path, pred.to_json())
             except OSError as e:
                 log.warning("%s: cannot cache predictors (%s); set BRAINGENBENCH_HOME to a writable folder", path, e)
         return pred, info

@@ -20,12 +20,12 @@ all lie above the value — so, as for FID, the interval is the bias-corrected p
 cut to the distance's range; the floor's interval (``floor_ci``) comes from the same resamples with
 the floor set in place of the generated set.
 
-Tissues: when ``sets.extra["tissue_consensus"]`` holds the voxel-wise majority (consensus) of the
+Tissues: when ``sets.tissue_consensus`` holds the voxel-wise majority (consensus) of the
 reference subjects' tissue label maps (``(D, H, W)``, 0 background, 1 CSF, 2 GM, 3 WM by the cohort
-convention; names from ``sets.extra["tissue_names"]`` if given) the same distances are reported per
+convention; names from ``sets.tissue_names`` if given) the same distances are reported per
 tissue in the details. The runner builds it with
 :func:`metrics.functional.histogram.consensus_labels`, one subject's labels at a time; stacked
-per-subject maps in ``sets.extra["reference_labels"]`` (``(N, [1,] D, H, W)``) are still accepted
+per-subject maps in ``sets.reference_labels`` (``(N, [1,] D, H, W)``) are still accepted
 and reduced the same way. One consensus map masks every set: generated volumes have no
 segmentation of their own, and masking the reference with its own labels but the samples with
 someone else's would blur only the samples' tissue histograms and penalise a perfect generator.
@@ -42,7 +42,7 @@ from functools import partial
 
 import numpy as np
 
-from metrics.base import EvalSets, Metric, MetricResult
+from metrics.base import EvalSets, Input, Metric, MetricResult
 from metrics.functional.bootstrap import BC_SHIFTED, bootstrap_interval
 from metrics.functional.histogram import (bin_edges, consensus_labels, histogram_distances, tissue_masks,
                                           volume_histograms)
@@ -71,15 +71,15 @@ def masked_histograms(volumes: np.ndarray, masks: dict[str, np.ndarray], *, bins
 
 
 def _tissue_labels(sets: EvalSets) -> np.ndarray | None:
-    """The consensus tissue map: ``extra["tissue_consensus"]``, else the majority of ``extra["reference_labels"]``."""
-    cons = sets.extra.get("tissue_consensus")
+    """The consensus tissue map: ``sets.tissue_consensus``, else the majority of ``sets.reference_labels``."""
+    cons = sets.tissue_consensus
     if cons is not None:
         cons = np.asarray(cons)
         if cons.ndim != 3:
-            raise ValueError(f"sets.extra['tissue_consensus'] must be one (D, H, W) label map, got shape {cons.shape}; "
+            raise ValueError(f"sets.tissue_consensus must be one (D, H, W) label map, got shape {cons.shape}; "
                              "reduce per-subject maps with metrics.functional.histogram.consensus_labels")
         return cons
-    labels = sets.extra.get("reference_labels")
+    labels = sets.reference_labels
     return None if labels is None else consensus_labels(labels)
 
 
@@ -121,7 +121,7 @@ class HistogramDistance(Metric):
         mask = np.asarray(sets.brain_mask, dtype=bool)
         groups = _modality_groups(sets)
         labels = _tissue_labels(sets) if self.per_tissue else None
-        names = {**DEFAULT_TISSUE_NAMES, **dict(sets.extra.get("tissue_names") or {})}
+        names = {**DEFAULT_TISSUE_NAMES, **dict(sets.tissue_names or {})}
         tmasks = tissue_masks(labels, mask, names=names) if labels is not None else {}
         # one pass over each set: per-volume histograms in the brain mask and in each tissue
         masks = {"brain": mask, **{f"tissue:{t}": m for t, m in tmasks.items()}}
@@ -150,7 +150,7 @@ class HistogramDistance(Metric):
         tissue: dict[str, dict[str, dict[str, float]]] = {d: {} for d in DISTANCES}
         tissue_note = None
         if self.per_tissue and labels is None:
-            tissue_note = "per-tissue distances skipped: no sets.extra['tissue_consensus'] (or 'reference_labels')"
+            tissue_note = "per-tissue distances skipped: no sets.tissue_consensus (or sets.reference_labels)"
         elif labels is not None:
             for tname, tmask in tmasks.items():
                 ht = {k: v[f"tissue:{tname}"] for k, v in hists.items()}

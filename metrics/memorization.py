@@ -36,7 +36,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from metrics.base import EvalSets, FeatureMetric, MetricResult
+from metrics.base import EvalSets, FeatureMetric, Input, MetricResult
 from metrics.functional.bootstrap import BC_SHIFTED, bootstrap_ci, bootstrap_ci_two_sample
 from metrics.functional.neighbours import nearest_neighbours
 
@@ -88,7 +88,7 @@ class Memorization(FeatureMetric):
     axis: ClassVar[str] = "privacy"
     name: ClassVar[str] = "memorization"
     higher_is_better: ClassVar[bool] = False
-    requires_train: ClassVar[bool] = True  # tells the runner to load the training split
+    inputs: ClassVar[frozenset[Input]] = frozenset({Input.TRAIN})
     description: ClassVar[str] = ("Share of generated volumes closer to a training volume than held-out "
                                   "real volumes typically are (data copying)")
 

@@ -18,7 +18,7 @@ from functools import partial
 
 import numpy as np
 
-from metrics.base import EvalSets, Metric, MetricResult, log
+from metrics.base import EvalSets, Input, Metric, MetricResult, log
 from metrics.functional.bootstrap import BC, mean_ci
 from metrics.functional.ssim import ssim3d
 
@@ -58,6 +58,7 @@ class PairedSSIM(Metric):
 
     name = "ssim"
     higher_is_better = True
+    inputs = frozenset({Input.PAIRED_REFERENCE})
     description = "3D SSIM of each sample against its caption-matched real volume (Wang et al. 2004)"
 
     def __init__(self, *, sigma: float = 1.5, kernel_size: int = 11, data_range: float = 1.0,

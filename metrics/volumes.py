@@ -26,6 +26,8 @@ from typing import Sequence
 
 import numpy as np
 
+from core.runfiles import read_shard
+
 DEFAULT_SHARD = 8
 
 
@@ -129,9 +131,7 @@ class NpzShards(VolumeSet):
             raise ValueError(f"{len(self.paths)} shard files for {self.n} volumes in shards of {self.shard_size}")
 
     def _load(self, start: int, stop: int) -> np.ndarray:
-        path = self.paths[start // self.shard_size]
-        with np.load(path) as z:
-            return z[self.key]
+        return read_shard(self.paths[start // self.shard_size], self.key)
 
     def __repr__(self) -> str:
         return f"NpzShards(n={self.n}, first={self.paths[0] if self.paths else None!r})"

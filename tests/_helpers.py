@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.data.grid import Grid
-from bench.data.subject import STRUCTURES, Cohort, Subject, save_nifti
+from cohorts.grid import Grid
+from cohorts.subject import STRUCTURES, Cohort, Subject, save_nifti
 
 TINY = Grid("tiny", 6.0, (16, 16, 24))  # latent 4 x 4 x 6 -> padded to 4 x 4 x 8 for the UNet
 

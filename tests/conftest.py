@@ -44,6 +44,28 @@ def _interval_violations(root) -> tuple[int, list[str]]:
     return n, bad
 
 
+def _schema_violations(root) -> list[str]:
+    """Every record.json below ``root`` that does not conform to core/record.schema.json (records that
+    tests break on purpose live in folders named ``broken*``, ``future*`` or ``bad*``)."""
+    import json
+    from pathlib import Path
+
+    from core.record import record_problem
+
+    bad = []
+    for path in Path(root).rglob("record.json"):
+        if any(part.startswith(("broken", "future", "bad")) for part in path.parts[-3:]):
+            continue
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        problem = record_problem(rec)
+        if problem is not None:
+            bad.append(f"{path}: schema: {problem}")
+    return bad
+
+
 def pytest_sessionfinish(session, exitstatus):
     """The suite-wide guarantee: no bootstrap interval in any record the tests wrote excludes its
     point estimate (the floor likewise for its floor_ci)."""
@@ -55,15 +77,17 @@ def pytest_sessionfinish(session, exitstatus):
     except Exception:  # noqa: BLE001 - no temporary folder was made: nothing to check
         return
     n, bad = _interval_violations(root)
+    bad += _schema_violations(root)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter:
         reporter.ensure_newline()
     if bad:
         if reporter:
-            reporter.write_line(f"interval check: {len(bad)} estimate(s) outside their interval in {n} records:",
-                                red=True)
+            reporter.write_line(f"record check: {len(bad)} estimate(s) outside their interval or schema "
+                                f"violation(s) in {n} records:", red=True)
             for line in bad[:20]:
                 reporter.write_line("  " + line, red=True)
         session.exitstatus = 1
     elif reporter and n:
-        reporter.write_line(f"interval check: every estimate of {n} records lies inside its interval")
+        reporter.write_line(f"record check: every estimate of {n} records lies inside its interval; every "
+                            "record conforms to the schema")

@@ -1,6 +1,6 @@
 """Tiny raw-dataset fixtures that mimic the public downloads' file names, layouts and spreadsheets.
 
-Every scan is a phantom subject (:func:`bench.data.phantom.synthesize`, SYNTHETIC) moved into a
+Every scan is a phantom subject (:func:`cohorts.phantom.synthesize`, SYNTHETIC) moved into a
 "scanner" frame by a known similarity transform (a few degrees of rotation, a translation and an
 isotropic scale ``s``), resampled onto a coarse native voxel grid (stored in a non-RAS voxel order),
 with a scalp shell and background noise added. Ground-truth native volumes are the phantom's
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from bench.data import phantom
-from bench.data.preprocess import _apply_axes, _sample, _world
+from cohorts import phantom
+from cohorts.preprocess import _apply_axes, _sample, _world
 
 DEFAULT_VOXEL = (2.6, 2.6, 2.8)
 # voxel-axis layouts: (perm, signs) applied to the RAS-ordered array; LPS-like and a sagittal one

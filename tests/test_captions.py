@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.data.captions import (compute_percentiles, make_caption, ordinal, parse_caption,
+from cohorts.captions import (compute_percentiles, make_caption, ordinal, parse_caption,
                                  percentile_rank)
-from bench.data.subject import STRUCTURES, Subject
+from cohorts.subject import STRUCTURES, Subject
 
 
 def _subject(**kw) -> Subject:
@@ -104,7 +104,7 @@ def test_parse_empty():
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    from bench.data.phantom import PhantomCohort
+    from cohorts.phantom import PhantomCohort
 
     # same home and spec as tests/test_phantom.py: the cohort is built once per session
     home = tmp_path_factory.getbasetemp() / "bgb_home"

@@ -90,7 +90,7 @@ def make_run(runs: Path, run_id: str, *, seed: int, shift: float = 0.0, ssim: fl
     if ssim_floor_ci is not None:
         ssim_entry |= {"floor": float(np.mean(ssim_floor_ci)), "floor_ci": ssim_floor_ci}
     rec = {
-        "schema_version": 1, "run_id": run_id, "status": "complete",
+        "schema_version": 1, "run_id": run_id, "created": "2026-11-22T08:00:00+00:00", "status": "complete",
         "generator": {"name": "ldm3d", "args": {"checkpoint": f"ckpt-{run_id}.safetensors"},
                       "info": {"checkpoint_sha256": f"{seed:064x}"}},
         "suite": suite_d,
@@ -122,10 +122,10 @@ def make_record(runs: Path, run_id: str, metrics: dict[str, dict], *, n: int = 2
                            for k in metrics]}
     if headline is not None:
         suite_d["headline"] = headline
-    rec = {"schema_version": 1, "run_id": run_id, "status": "complete",
+    rec = {"schema_version": 1, "run_id": run_id, "created": "2026-11-22T08:00:00+00:00", "status": "complete",
            "generator": {"name": "ldm3d", "args": {}, "info": {}}, "suite": suite_d, "seed": 0,
            "reference": {"name": "phantom", "content_hash": HASH, "synthetic": True}, "metrics": metrics,
-           "prompts": [{"subject_id": f"s{prompts_seed}-{i}"} for i in range(n)]}
+           "prompts": [{"subject_id": f"s{prompts_seed}-{i}", "text": f"caption {i}"} for i in range(n)]}
     d = runs / run_id
     d.mkdir(parents=True)
     (d / "record.json").write_text(json.dumps(rec), encoding="utf-8")

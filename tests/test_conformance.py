@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from bench.data.atlas import load_priors
-from bench.data.captions import parse_caption
-from bench.data.grid import GRIDS
-from bench.data.phantom import PhantomCohort
+from cohorts.atlas import load_priors
+from cohorts.captions import parse_caption
+from cohorts.grid import GRIDS
+from cohorts.phantom import PhantomCohort
 from metrics.base import EvalSets
 from metrics.conformance import Conformance, predictor_cache_dir
 from metrics.functional.conformance import (MEASUREMENTS, ConformanceError, ConformancePredictors, fit_logistic,
@@ -22,7 +22,7 @@ N = 80  # 52 train / 8 val / 20 test; the same cohort is used by tests/test_base
 
 
 def atlas_extra(home=None) -> dict:
-    """What the runner puts in ``sets.extra["atlas"]``."""
+    """What the runner puts in ``sets.atlas``."""
     pri = load_priors(GRID.voxel_size, GRID.shape, GRID.affine, home=home)
     return {"gm": pri.gm, "wm": pri.wm, "csf": pri.csf, "ventricles": pri.structure_mask("lateral_ventricles"),
             "labels": pri.labels, "voxel_volume_ml": GRID.voxel_volume_ml}
@@ -45,7 +45,7 @@ def make_sets(data, generated: np.ndarray, **extra) -> EvalSets:
           "cohort_hash": data["cohort"].content_hash} | extra
     return EvalSets(generated=generated, reference=data["held_vols"], floor=data["held_vols"],
                     brain_mask=data["mask"], features=lambda e, s: None, train=data["train_vols"],
-                    attributes=[parse_caption(s.caption) for s in held], voxel_size=GRID.voxel_size, extra=ex)
+                    attributes=[parse_caption(s.caption) for s in held], voxel_size=GRID.voxel_size, **ex)
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +165,7 @@ def test_predictors_are_cached_by_content(data, at_ceiling):
     _, info2 = metric.predictors(make_sets(data, data["held_vols"], cohort_hash="other"))
     assert info2["cache_key"] != key and info2["from_cache"] is False
     no_hash = make_sets(data, data["held_vols"])
-    no_hash.extra.pop("cohort_hash")
+    no_hash.cohort_hash = None
     _, info3 = metric.predictors(no_hash)
     assert info3["cache_key"] not in (key, info2["cache_key"])
     again = ConformancePredictors.from_json(pred.to_json())
@@ -176,8 +176,8 @@ def test_predictors_are_cached_by_content(data, at_ceiling):
 
 def test_missing_inputs_name_the_fix(data):
     sets = make_sets(data, data["held_vols"])
-    sets.extra.pop("atlas")
-    with pytest.raises(ConformanceError, match=r"sets.extra\['atlas'\]"):
+    sets.atlas = None
+    with pytest.raises(ConformanceError, match=r"sets.atlas"):
         Conformance().compute(sets, seed=0)
     sets = make_sets(data, data["held_vols"])
     sets.train = None

@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.data.datasets import DatasetError, get_loader
-from bench.data.prepare import EXCLUDED_SPLIT, prepare_cohort, split_for
-from bench.data.subject import Cohort, CohortError
+from cohorts.datasets import DatasetError, get_loader
+from cohorts.prepare import EXCLUDED_SPLIT, prepare_cohort, split_for
+from cohorts.subject import Cohort, CohortError
 from tests import dataset_fixtures as F
 
 TOL = 0.15
@@ -126,7 +126,7 @@ def test_ixi_prepare_resumes_without_redoing_subjects(ixi, capsys):
 
 
 def test_ixi_cohort_works_as_runner_reference(ixi):
-    from bench.data.grid import get_grid
+    from cohorts.grid import get_grid
     from bench.runner import resolve_cohort
 
     _, out, cohort, _ = ixi
@@ -243,7 +243,7 @@ def test_unprepared_registered_cohort_says_how_to_prepare(tmp_path, monkeypatch)
 
 
 def test_spreadsheet_parsing_ixi_columns_and_duplicates(tmp_path):
-    from bench.data.datasets import ixi
+    from cohorts.datasets import ixi
 
     pd.DataFrame({"IXI_ID": [2, 2, 12, 13], "SEX_ID (1=m, 2=f)": [2, 2, 1, 1], "AGE": ["", 35.8, 60.1, None]}) \
         .to_csv(tmp_path / "IXI.csv", index=False)
@@ -267,7 +267,7 @@ def test_deepbet_on_a_realistic_size_volume(tmp_path):
     """deepbet on one ~1.2 mm head (the network expects ~1 mm T1w heads); ~13 s on 2 busy cores."""
     import nibabel as nib
 
-    from bench.data import preprocess as P
+    from cohorts import preprocess as P
 
     s = F.native_scan(7, "T1", layout="LPS", voxel_mm=(1.2, 1.2, 1.2))
     img = P.reorient_to_ras(nib.Nifti1Image(s.data, s.affine))
@@ -280,7 +280,7 @@ def test_ixi_reads_modality_tars_in_place(tmp_path):
     import shutil
     import tarfile
 
-    from bench.data.datasets import ixi
+    from cohorts.datasets import ixi
 
     raw = tmp_path / "raw"
     F.make_ixi(raw, [{"index": 1, "ixi_id": 5, "site": "IOP", "modalities": ["T1", "PD"], "age": 30.5, "sex": "F"}])

@@ -30,7 +30,7 @@ def brains() -> dict[str, np.ndarray]:
     nilearn_datasets = pytest.importorskip("nilearn.datasets")
     from nilearn.image import resample_img
 
-    from bench.data.grid import get_grid
+    from cohorts.grid import get_grid
 
     grid = get_grid("3mm")
 

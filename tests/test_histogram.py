@@ -96,7 +96,7 @@ def test_tissue_masks_and_consensus():
 
 def _sets(gen, ref, flo, mask, attrs=None, extra=None):
     return EvalSets(generated=gen, reference=ref, floor=flo, brain_mask=mask, features=lambda e, s: None,
-                    attributes=attrs or [], voxel_size=3.0, extra=extra or {})
+                    attributes=attrs or [], voxel_size=3.0, **(extra or {}))
 
 
 def test_histogram_metric_values_floor_ci_and_tissues():

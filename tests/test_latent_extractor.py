@@ -21,7 +21,7 @@ def test_ldm3d_latent_extractor_is_deterministic_and_batch_invariant():
 def test_volumes_on_another_grid_are_resampled_onto_the_model_grid():
     """A 2 mm suite uses the same latent yardstick: the same phantom subject synthesised natively at 2 mm
     and at 3 mm lands at (nearly) the same point, much closer than to any other subject."""
-    from bench.data.phantom import synthesize
+    from cohorts.phantom import synthesize
 
     ex = extractors.get("ldm3d-latent")(batch_size=3)
     idx = [1, 2, 3]

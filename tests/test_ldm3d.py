@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.data.grid import Grid
+from cohorts.grid import Grid
 from generators.base import GeneratorContext, Prompt
 from tests._helpers import OTHER, PROMPT, TINY, tiny_cohort, tiny_config
 
@@ -88,6 +88,13 @@ def test_training_smoke_checkpoint_and_resume(trained):
     assert len(meta["text_encoder"]["fingerprint"]) == 64
     loaded = load_checkpoint(trained["ckpt"])
     assert float(loaded.model.latent_scale) == pytest.approx(meta["latent_scale"])
+    # the autoencoder alone, exported at the end of stage 1: same autoencoder, untrained UNet, 0 diffusion steps
+    ae_only = load_checkpoint(out / "autoencoder_only.safetensors")
+    assert ae_only.meta["training"]["diffusion"] == {"steps": 0, "untrained": True}
+    assert ae_only.meta["training"]["autoencoder"]["steps"] == 3
+    for k, v in ae_only.model.autoencoder.state_dict().items():
+        assert torch.equal(v, loaded.model.autoencoder.state_dict()[k]), k
+    assert float(ae_only.model.latent_scale) == pytest.approx(meta["latent_scale"])
     shipped = load_checkpoint(trained["shipped"])  # float16 copy loads into float32
     assert read_metadata(trained["shipped"])["dtype"] == "float16"
     assert next(shipped.model.parameters()).dtype == torch.float32

@@ -8,8 +8,8 @@ Measurements are atlas-guided (metrics.functional.tissue), independent of the mo
 import numpy as np
 import pytest
 
-from bench.data.grid import get_grid
-from bench.data.subject import MODALITIES
+from cohorts.grid import get_grid
+from cohorts.subject import MODALITIES
 from generators.base import GeneratorContext, Prompt
 from generators.ldm3d.checkpoint import SHIPPED
 from generators.ldm3d.checks import probe_prompts, prompt_following
@@ -40,7 +40,7 @@ def test_larger_ventricles_when_asked(report):
 
 
 def test_probe_captions_parse_to_what_they_ask():
-    from bench.data.captions import parse_caption
+    from cohorts.captions import parse_caption
 
     probe = probe_prompts(4)
     assert len(probe.texts) == 16

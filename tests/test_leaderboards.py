@@ -683,6 +683,20 @@ def test_better_than_real_is_flagged(tmp_path):
     assert "×0.222 ⚠ better than real" in out["markdown"].read_text(encoding="utf-8")
 
 
+def test_oracles_are_shown_but_never_starred(tmp_path):
+    """An autoencoder round trip of the held-out volumes beats every generator on realism (it sees the
+    answers) and passes the memorisation gate; it is ranked first yet never gets a star."""
+    runs = [_record("oracle", "ldm3d-recon", {}, suite_metrics(0.02), role="oracle", headline=HEADLINE),
+            _record("model", "ldm3d", {}, suite_metrics(0.1), role="reference-model", headline=HEADLINE),
+            _record("pca", "pca", {}, suite_metrics(0.4), role="baseline", headline=HEADLINE)]
+    (table,) = build_tables(load_records(write_runs(tmp_path / "runs", runs)))
+    rows = {r.generator: r for r in table.run_rows}
+    assert [r.generator for r in table.run_rows] == ["ldm3d-recon", "ldm3d", "pca"]
+    assert rows["ldm3d-recon"].gate is True and not rows["ldm3d-recon"].may_star
+    assert not any(c.is_best for c in rows["ldm3d-recon"].cells.values())
+    assert rows["ldm3d"].cells["fid-deepbet"].is_best and rows["ldm3d"].cells["radiomics"].is_best
+
+
 def test_stars_only_for_runs_passing_the_memorisation_gate(honest_site, tmp_path):
     for t in build_tables(load_records(tmp_path / "runs")):
         rows = {r.generator: r for r in t.run_rows}

@@ -21,19 +21,14 @@ N_BOOT = 40
 
 
 def make_sets(feats: dict[str, np.ndarray], extractor: str = "fake") -> EvalSets:
-    calls = []
-
     def features(name: str, set_name: str) -> np.ndarray:
-        calls.append((name, set_name))
         if name != extractor:
             raise KeyError(f"unknown extractor {name}")
         return feats[set_name]  # KeyError for a missing set, like a runner without that split
 
     n = feats["generated"].shape[0]
     vol = np.zeros((n, 1, 2, 2, 2), np.float32)
-    sets = EvalSets(generated=vol, reference=vol, floor=vol, brain_mask=np.ones((2, 2, 2), bool), features=features)
-    sets.extra["calls"] = calls
-    return sets
+    return EvalSets(generated=vol, reference=vol, floor=vol, brain_mask=np.ones((2, 2, 2), bool), features=features)
 
 
 @pytest.fixture(scope="module")

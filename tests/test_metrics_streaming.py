@@ -95,7 +95,7 @@ def make_sets(d: dict, wrap=None, *, shard_mapper=map_in_process, tissue: str = 
         extra["reference_labels"] = d["labels"]
     return EvalSets(generated=vols["generated"], reference=vols["reference"], floor=vols["floor"],
                     brain_mask=d["mask"], features=lambda e, s: None, train=vols["train"],
-                    attributes=d["attributes"], voxel_size=6.0, extra=extra, shard_mapper=shard_mapper)
+                    attributes=d["attributes"], voxel_size=6.0, shard_mapper=shard_mapper, **extra)
 
 
 METRICS = {
@@ -145,12 +145,12 @@ def test_histogram_prefers_the_consensus_and_accepts_stacked_labels(data):
     assert _result("histogram", make_sets(data, tissue="stacked")) == consensus
     assert set(consensus["w1"]["details"]["per_tissue"]) == {"csf", "gm", "wm"}
     both = make_sets(data, tissue="consensus")
-    both.extra["reference_labels"] = np.zeros_like(data["labels"])  # ignored: the consensus wins
+    both.reference_labels = np.zeros_like(data["labels"])  # ignored: the consensus wins
     assert _result("histogram", both) == consensus
     none = _result("histogram", make_sets(data, tissue="none"))
     assert "tissue_masks" not in none["w1"]["details"] and "tissue_consensus" in none["w1"]["details"]["per_tissue_note"]
     bad = make_sets(data, tissue="none")
-    bad.extra["tissue_consensus"] = data["labels"]  # stacked maps where one map belongs
+    bad.tissue_consensus = data["labels"]  # stacked maps where one map belongs
     with pytest.raises(ValueError, match="consensus_labels"):
         HistogramDistance(n_boot=2).compute(bad, seed=0)
 

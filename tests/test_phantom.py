@@ -12,11 +12,11 @@ import shutil
 import numpy as np
 import pytest
 
-from bench.data import atlas
-from bench.data.captions import parse_caption
-from bench.data.phantom import (SEQUENCES, TISSUE_3T, PhantomCohort, sample_params, signal,
+from cohorts import atlas
+from cohorts.captions import parse_caption
+from cohorts.phantom import (SEQUENCES, TISSUE_3T, PhantomCohort, sample_params, signal,
                                 split_assignment, synthesize)
-from bench.data.subject import MODALITIES, STRUCTURES, Cohort
+from cohorts.subject import MODALITIES, STRUCTURES, Cohort
 
 N = 16
 
@@ -242,7 +242,7 @@ def test_atlas_names_are_verified(tmp_path):
 
 
 def test_priors_on_working_grid(cohort):
-    from bench.data.phantom import working_grid
+    from cohorts.phantom import working_grid
 
     vs, shape, aff = working_grid(cohort.grid)
     pri = atlas.load_priors(vs, shape, aff, home=cohort.root.parent.parent)

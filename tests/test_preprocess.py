@@ -6,8 +6,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bench.data import preprocess as P
-from bench.data.grid import get_grid
+from cohorts import preprocess as P
+from cohorts.grid import get_grid
 from tests.dataset_fixtures import LAYOUTS, native_scan, save_nifti, truncate
 
 GRID = get_grid("3mm")
@@ -139,7 +139,7 @@ def test_affine_registration_recovers_the_known_transform(prepared):
 
 
 def _rotation(deg):
-    from bench.data.phantom import _rotation as rot
+    from cohorts.phantom import _rotation as rot
 
     return rot(deg)
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from bench.args import ArgumentError, bind_args, parse_kv
-from bench.cache import FeatureCache, array_key, hash_obj
+from bench.cache import FeatureCache
+from core.io import array_key, hash_obj
 from bench.registry import Registry, UnknownNameError
 from bench.suite import SuiteError, load_suite
 
@@ -27,7 +28,7 @@ def test_registry_aliases_lazy_and_did_you_mean():
 
 
 def test_registry_entry_points(monkeypatch):
-    import bench.registry as r
+    import core.registry as r
 
     class EP:
         name, value = "plug", "json:loads"

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from bench.data.grid import get_grid
+from cohorts.grid import get_grid
 from metrics.features.base import resample_centred
 
 

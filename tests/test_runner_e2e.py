@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from bench.records import load_record
-from bench.runner import RunConfig, match_floor, run, select_prompts
+from bench.prompts import match_floor, select_prompts
+from bench.runner import RunConfig, run
 
 SUITE = """
 name: tiny
@@ -93,7 +94,7 @@ def test_folder_adapter_reproduces_retrieval(runs, suite_file, tmp_path):
     rec = load_record(recs["retrieval"])
     run_dir = recs["retrieval"].parent
     vols = np.concatenate([np.load(p)["volumes"] for p in sorted((run_dir / "samples").glob("shard_*.npz"))])
-    from bench.data.grid import GRIDS
+    from cohorts.grid import GRIDS
 
     rows = ["file,subject_id"]
     for i, (p, v) in enumerate(zip(rec["prompts"], vols)):
@@ -113,7 +114,7 @@ def test_replaced_sample_bytes_start_a_new_run(runs, suite_file, tmp_path):
     out, recs = runs
     rec = load_record(recs["template"])
     vols = np.concatenate([np.load(p)["volumes"] for p in sorted((recs["template"].parent / "samples").glob("shard_*.npz"))])
-    from bench.data.grid import GRIDS
+    from cohorts.grid import GRIDS
 
     rows = ["file,subject_id"]
     for i, (p, v) in enumerate(zip(rec["prompts"], vols)):
@@ -149,7 +150,7 @@ def test_cli_prints_table(runs, suite_file):
 
 
 def test_floor_matching_prefers_modality_sex_age(runs):
-    from bench.data.phantom import PhantomCohort
+    from cohorts.phantom import PhantomCohort
 
     cohort = PhantomCohort.get("3mm", n_subjects=48, seed=3, quiet=True)
     refs = select_prompts(cohort, 8, 0)

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from bench.data.atlas import load_priors
-from bench.data.grid import GRIDS
-from bench.data.phantom import PhantomCohort
+from cohorts.atlas import load_priors
+from cohorts.grid import GRIDS
+from cohorts.phantom import PhantomCohort
 from metrics.functional.tissue import (classify_modality, contrast_matches, core_masks, tissue_means,
                                        ventricular_csf_ml)
 

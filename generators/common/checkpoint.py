@@ -10,12 +10,12 @@ the stored config describes before loading; nothing is unpickled.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import torch
+
+from core.io import atomic_write
 
 
 def keep_latent_scale(key: str) -> bool:
@@ -43,7 +43,7 @@ def save_checkpoint_file(model: torch.nn.Module, path: str | Path, meta: dict, *
     """
     from safetensors.torch import save_file
 
-    from bench.data.subject import file_sha256
+    from core.io import sha256_file
 
     tensors = {}
     for k, v in model.state_dict().items():
@@ -56,25 +56,7 @@ def save_checkpoint_file(model: torch.nn.Module, path: str | Path, meta: dict, *
                          "dtype": "float16" if half else "float32"}
     header = {"format": "pt", header_key: json.dumps(full, sort_keys=True)}
     atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=header))
-    return file_sha256(path)
-
-
-def atomic_write(path: Path, write: Callable[[str], object]) -> None:
-    """Call ``write(tmp)`` on a temporary file next to ``path``, make it mode 0644, rename it to ``path``.
-
-    ``mkstemp`` creates files with mode 0600; shipped files must be readable by every user. The temporary
-    file is removed if ``write`` fails, so ``path`` is either the old or the complete new file.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    return sha256_file(path)
 
 
 def read_checkpoint_metadata(path: str | Path, *, header_key: str, fmt: str, error: type[Exception],

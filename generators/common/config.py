@@ -130,8 +130,8 @@ class LatentDiffusionConfig:
 
     @property
     def latent_downsampling(self) -> int:
-        """Downsampling factor of the autoencoder per spatial axis."""
-        return 2 ** (len(self.autoencoder.channels) - 1)
+        """Downsampling factor of the autoencoder per spatial axis (its patch times its 2x levels)."""
+        return self.autoencoder.patch * 2 ** (len(self.autoencoder.channels) - 1)
 
     @property
     def unet_multiple(self) -> int:
@@ -149,6 +149,8 @@ class LatentDiffusionConfig:
             if c % ae.norm_num_groups:
                 raise error(f"{source}: autoencoder.norm_num_groups={ae.norm_num_groups} does not divide "
                             f"autoencoder.channels {ae.channels}; choose a common divisor")
+        if ae.patch < 1:
+            raise error(f"{source}: autoencoder.patch={ae.patch} must be >= 1 (1: no space-to-depth stem)")
         for c in un.channels:
             if c % un.norm_num_groups:
                 raise error(f"{source}: unet.norm_num_groups={un.norm_num_groups} does not divide "

@@ -38,8 +38,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from generators.common.training import (atomic_torch_save, cosine_lr, load_state, progress_bar, recent_mean,
-                                        record_step, stage_deadline, step_rng, write_curve)
+from generators.common.training import (atomic_torch_save, cosine_lr, fast_memory_format, load_state, progress_bar,
+                                        recent_mean, record_step, stage_deadline, step_rng, write_curve)
 
 __all__ = ["DeepBetPerceptual", "adaptive_weight", "decoder_parameters", "decoder_summary", "random_crops",
            "train_decoder_stage"]
@@ -101,7 +101,10 @@ class DeepBetPerceptual(torch.nn.Module):
 
 
 def decoder_parameters(ae: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """The decoder side of a MONAI ``AutoencoderKL``: ``post_quant_conv`` and ``decoder``."""
+    """The decoder side of an autoencoder, its output convolution last: the autoencoder's own
+    ``decoder_parameters()`` when it has one, else MONAI ``AutoencoderKL``'s ``post_quant_conv`` and ``decoder``."""
+    if hasattr(ae, "decoder_parameters"):
+        return list(ae.decoder_parameters())
     return [*ae.post_quant_conv.parameters(), *ae.decoder.parameters()]
 
 
@@ -152,7 +155,7 @@ def train_decoder_stage(ae: torch.nn.Module, latents: torch.Tensor, images: torc
     """Fine-tune the decoder of ``ae`` (encoder frozen) on (posterior mean, image) pairs; resumable.
 
     Args:
-        ae: a trained MONAI ``AutoencoderKL`` (its decoder is trained in place; left in eval mode).
+        ae: a trained autoencoder (its decoder is trained in place; left in eval mode).
         latents: unscaled posterior means of the training images (N, C, *latent spatial).
         images: the training images (N, 1, *spatial) in [0, 1].
         config: the top-level config (``training`` and ``training.decoder`` are read).
@@ -203,12 +206,16 @@ def train_decoder_stage(ae: torch.nn.Module, latents: torch.Tensor, images: torc
         last_ckpt = time.monotonic()
 
     ae.eval()  # GroupNorm only: eval/train differ in nothing but dropout, which is off
+    fmt = fast_memory_format(images.ndim)
+    ae.to(memory_format=fmt)
+    disc.to(memory_format=fmt)
     bar = progress_bar(dcfg.steps, step, "decoder", quiet)
     try:
         while step < dcfg.steps and time.monotonic() < deadline:
             rng, _ = step_rng(cfg.seed, 3, step)
             idx = rng.choice(n, size=min(dcfg.batch_size, n), replace=False)
             z, x = random_crops(latents, images, idx, dcfg.crop, factor, rng)
+            z, x = z.contiguous(memory_format=fmt), x.contiguous(memory_format=fmt)
             if dcfg.min_lr is not None:
                 for group in opt.param_groups:
                     group["lr"] = cosine_lr(dcfg.lr, dcfg.min_lr, step, dcfg.steps)
@@ -242,6 +249,8 @@ def train_decoder_stage(ae: torch.nn.Module, latents: torch.Tensor, images: torc
                 save(False)
     finally:
         bar.close()
+        ae.to(memory_format=torch.contiguous_format)
+        disc.to(memory_format=torch.contiguous_format)
         save(step >= dcfg.steps)
         ae.eval()
         for p in ae.parameters():

@@ -10,6 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from generators.common.autoencoder import PatchAutoencoderKL
+
 
 def monai_nets(who: str) -> tuple[Any, Any]:
     """MONAI's ``(AutoencoderKL, DiffusionModelUNet)``; a clear error names ``who`` needs them."""
@@ -22,9 +24,14 @@ def monai_nets(who: str) -> tuple[Any, Any]:
 
 
 def build_autoencoder(spatial_dims: int, config: Any, who: str) -> nn.Module:
-    """The KL autoencoder (no attention: it is the speed bottleneck on CPU) of ``config.autoencoder``."""
-    AutoencoderKL, _ = monai_nets(who)
+    """The KL autoencoder (no attention: it is the speed bottleneck on CPU) of ``config.autoencoder``:
+    MONAI's ``AutoencoderKL`` when ``patch`` is 1, else :class:`PatchAutoencoderKL`."""
     ae = config.autoencoder
+    if ae.patch > 1:
+        return PatchAutoencoderKL(spatial_dims, 1, 1, patch=ae.patch, channels=tuple(ae.channels),
+                                  num_res_blocks=ae.num_res_blocks, latent_channels=ae.latent_channels,
+                                  norm_num_groups=ae.norm_num_groups, seam_channels=ae.seam_channels)
+    AutoencoderKL, _ = monai_nets(who)
     n = len(ae.channels)
     return AutoencoderKL(
         spatial_dims=spatial_dims, in_channels=1, out_channels=1, channels=tuple(ae.channels),

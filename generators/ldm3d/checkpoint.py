@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.data.subject import file_sha256
+from core.io import sha256_file
 from generators.common.checkpoint import (check_state_dict as _check_state_dict, load_weights,
                                           read_checkpoint_metadata, save_checkpoint_file)
 from generators.ldm3d.config import ConfigError, Ldm3dConfig
@@ -86,7 +86,7 @@ def load_checkpoint(path: str | Path, *, device: str = "cpu") -> LoadedCheckpoin
     model = build_model(config, meta["grid_shape"], int(meta.get("text_dim", 384)))
     load_weights(model, path, error=CheckpointError)
     model.eval().to(device)
-    return LoadedCheckpoint(model, meta, path, file_sha256(path))
+    return LoadedCheckpoint(model, meta, path, sha256_file(path))
 
 
 def check_state_dict(model, tensors: dict, path: str | Path) -> None:

@@ -1,6 +1,6 @@
 """Does a checkpoint follow its prompt? A fixed-seed probe of modality contrast and ventricle size.
 
-The probe captions are phantom-style captions (the grammar of :func:`bench.data.captions.make_caption`)
+The probe captions are phantom-style captions (the grammar of :func:`cohorts.captions.make_caption`)
 that differ in a controlled way: for every modality, the same subjects (age, sex, structure volumes)
 are asked for once with small (10th percentile) and once with large (90th percentile) lateral
 ventricles. Measurements are atlas-guided (:mod:`metrics.functional.tissue`): the tissue contrast
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.data.captions import MODALITY_WORDS, who
-from bench.data.subject import MODALITIES
+from cohorts.captions import MODALITY_WORDS, who
+from cohorts.subject import MODALITIES
 
 # (age, sex) of the probe subjects; the other volumes are the phantom's median subject.
 PROBE_SUBJECTS = ((34, "F"), (71, "M"), (52, "M"), (63, "F"), (45, "F"), (80, "M"))
@@ -61,7 +61,7 @@ def probe_prompts(n_per_modality: int = 10) -> Probe:
 
 def measure(volumes: np.ndarray, grid) -> dict[str, np.ndarray]:
     """Atlas-guided tissue medians (csf, gm, wm) and ventricular CSF (mL) of volumes on ``grid``."""
-    from bench.runner import atlas_on_grid
+    from cohorts.atlas import atlas_on_grid
     from metrics.functional.tissue import core_masks, tissue_means, ventricular_csf_ml
 
     atlas = atlas_on_grid(grid)
@@ -100,7 +100,7 @@ def prompt_following(generator, *, n_per_modality: int = 10, seed: int = 0) -> d
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.data.grid import get_grid
+    from cohorts.grid import get_grid
     from generators.base import GeneratorContext
     from generators.ldm3d.checkpoint import SHIPPED
     from generators.ldm3d.generator import Ldm3dGenerator

@@ -4,7 +4,7 @@ The context of one caption is the concatenation of
 
 1. the per-token MiniLM embeddings of the caption, linearly projected to ``context_dim`` (padding
    tokens are zero, so their keys/values are zero), and
-2. a few *attribute tokens* built from :func:`bench.data.captions.parse_caption`: modality (one-hot),
+2. a few *attribute tokens* built from :func:`cohorts.captions.parse_caption`: modality (one-hot),
    sex, z-scored age, and per structure its z-scored volume, centred percentile and the
    "large"/"small" qualifier, each with a missing flag, mapped by a small per-attribute linear layer
    whose bias doubles as the attribute's identity embedding.
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from bench.data.subject import MODALITIES, STRUCTURES
+from cohorts.subject import MODALITIES, STRUCTURES
 
 logger = logging.getLogger(__name__)
 
@@ -44,16 +44,16 @@ STAT_KEYS: tuple[str, ...] = ("age", *STRUCTURE_KEYS)  # scalars that are z-scor
 def get_caption_parser() -> tuple[Callable[[str], dict], str]:
     """The caption parser and its name.
 
-    Returns ``bench.data.captions.parse_caption`` when that module exists; otherwise a small
+    Returns ``cohorts.captions.parse_caption`` when that module exists; otherwise a small
     regex fallback for the phantom caption style (logged as a warning; the name is stored in the
     checkpoint so a mismatch between training and sampling is visible in ``info()``).
     """
     try:
-        from bench.data.captions import parse_caption  # type: ignore[import-not-found]
+        from cohorts.captions import parse_caption  # type: ignore[import-not-found]
 
-        return parse_caption, "bench.data.captions.parse_caption"
+        return parse_caption, "cohorts.captions.parse_caption"
     except ImportError:
-        logger.warning("bench.data.captions is not available; using ldm3d's fallback caption parser")
+        logger.warning("cohorts.captions is not available; using ldm3d's fallback caption parser")
         return fallback_parse_caption, "generators.ldm3d.conditioning.fallback_parse_caption"
 
 
@@ -61,7 +61,7 @@ _NUM = r"(\d+(?:\.\d+)?)"
 
 
 def fallback_parse_caption(text: str) -> dict:
-    """Minimal parser of the phantom caption style (used only when bench.data.captions is absent)."""
+    """Minimal parser of the phantom caption style (used only when cohorts.captions is absent)."""
     t = text.lower()
     out: dict = {"modality": None, "age": None, "sex": None, "volumes": {}, "percentiles": {}, "qualitative": {}}
     for m in ("flair", "t1", "t2", "pd"):

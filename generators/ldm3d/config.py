@@ -32,12 +32,19 @@ class AutoencoderConfig:
         num_res_blocks: residual blocks per level.
         latent_channels: channels of the latent.
         norm_num_groups: GroupNorm groups (must divide every entry of ``channels``).
+        patch: 1: MONAI's ``AutoencoderKL`` (its first level at full resolution). > 1: our
+            :class:`~generators.common.autoencoder.PatchAutoencoderKL`, which folds ``patch``-wide blocks of
+            voxels into channels first, so ``channels`` apply at 1/patch resolution and the downsampling is
+            ``patch * 2 ** (len(channels) - 1)``.
+        seam_channels: width of the patch autoencoder's full-resolution output convolution.
     """
 
     channels: list[int] = field(default_factory=lambda: [16, 32, 32])
     num_res_blocks: int = 1
     latent_channels: int = 4
     norm_num_groups: int = 8
+    patch: int = 1
+    seam_channels: int = 8
 
 
 @dataclass

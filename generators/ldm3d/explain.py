@@ -133,7 +133,7 @@ def explain(generator, prompt_text: str, out_dir: str | Path, seed: int = 0) -> 
         (sagittal | coronal | axial mid-slices, jet map blended over the generated volume, each
         scaled to its own maximum) plus summary statistics.
     """
-    from bench.data.subject import save_nifti
+    from cohorts.subject import save_nifti
 
     out = Path(out_dir)
     (out / "maps").mkdir(parents=True, exist_ok=True)

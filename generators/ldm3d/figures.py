@@ -26,7 +26,7 @@ def pairs_figure(path: Path, columns: Sequence[tuple[str, np.ndarray, np.ndarray
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from leaderboards.artefacts import mid_slices
+    from core.runfiles import mid_slices
 
     fig, axes = plt.subplots(4, len(columns), figsize=(2.2 * len(columns), 8.4), dpi=90, squeeze=False)
     for c, (label, top, bottom) in enumerate(columns):
@@ -51,8 +51,8 @@ def pairs_figure(path: Path, columns: Sequence[tuple[str, np.ndarray, np.ndarray
 def run_figure(run_dir: Path, path: Path, title: str | None = None) -> list[str]:
     """The first generated volume of each modality of a run, below its caption-matched real volume;
     returns the subject ids shown."""
-    from bench.data.captions import parse_caption
-    from leaderboards.artefacts import CohortFiles, load_generated
+    from cohorts.captions import parse_caption
+    from core.runfiles import CohortFiles, load_generated
 
     record = json.loads((run_dir / "record.json").read_text())
     gen, ids = load_generated(run_dir)

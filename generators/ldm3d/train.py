@@ -7,7 +7,10 @@ Usage::
         [--stage autoencoder|decoder|diffusion|all] [--resume] [--max-minutes M] [--ship PATH]
         [--init-from CHECKPOINT]
 
-Stage 1 fits the KL autoencoder (L1 + KL + L1 on finite differences). Its posteriors (mean, std) for
+Stage 1 fits the KL autoencoder (L1 + KL + L1 on finite differences) and exports
+``OUT/autoencoder_only.safetensors`` (the autoencoder in a checkpoint with an untrained UNet), which
+``python -m generators.ldm3d.autoencoder_report`` and the ``ldm3d-recon`` generator judge before any
+diffusion training. Its posteriors (mean, std) for
 the train volumes, the caption token embeddings and the attribute features are then computed ONCE and
 cached in ``OUT/``. The optional stage 1b (``decoder``, when ``training.decoder.steps > 0``) fine-tunes
 the decoder alone with perceptual and patch-adversarial losses
@@ -36,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.data.subject import Cohort
+from cohorts.subject import Cohort
 from generators.common.decoder_training import decoder_summary, train_decoder_stage
 from generators.common.training import (atomic_torch_save, checkpoint_meta, diffusion_state, diffusion_update,
                                         ema_copies, export_model, live_modules, load_state, progress_bar,
@@ -120,11 +123,40 @@ class Trainer:
 
     # -------------------------------------------------------------- stage 1
     def train_autoencoder(self, *, resume: bool = False, max_minutes: float | None = None) -> dict:
-        """Stage 1 (see :func:`generators.common.training.train_autoencoder_stage`)."""
-        return train_autoencoder_stage(self.model.autoencoder, self._volumes(), self.config,
+        """Stage 1 (see :func:`generators.common.training.train_autoencoder_stage`), then
+        :meth:`export_autoencoder` so the autoencoder can be judged before any diffusion training."""
+        info = train_autoencoder_stage(self.model.autoencoder, self._volumes(), self.config,
                                        self.out / "state_autoencoder.pt", self.out / "loss_autoencoder",
                                        resume=resume, max_minutes=max_minutes, quiet=self.quiet, desc="autoencoder",
                                        curve_title="autoencoder", logger=logger)
+        self.export_autoencoder()
+        return info
+
+    def export_autoencoder(self) -> Path:
+        """``OUT/autoencoder_only.safetensors``: the trained autoencoder (with stage 1b's decoder when it ran)
+        in a full checkpoint whose UNet and conditioner are untrained (seeded initialisation; the metadata
+        says ``diffusion.steps: 0``). For ``autoencoder_report`` and ``ldm3d-recon`` only: its samples are noise."""
+        ae_state = self._load_autoencoder()
+        cache = self.latent_cache(int(ae_state["step"]))
+        torch.manual_seed(self.config.training.seed)
+        export = build_model(self.config, self.cohort.grid.shape, int(cache.get("text_dim", 384)))
+        export.autoencoder.load_state_dict(self.model.autoencoder.state_dict())
+        export.conditioner.set_stats({k: (m, sd) for k, m, sd in cache["stats"]})
+        mean = self.config.training.diffusion.latents == "mean"
+        export.latent_scale.fill_(1.0 / float(cache["mu"].std()) if mean else float(cache["scale"]))
+        text = {"model": cache.get("text_model"), "fingerprint": cache.get("text_fingerprint"),
+                "max_tokens": cache.get("max_tokens"), "dim": cache.get("text_dim", 384)}
+        ae_info = {"steps": int(ae_state["step"]), "minutes": round(float(ae_state["elapsed"]) / 60, 2),
+                   "final_l1": recent_mean(ae_state["history"], 3, 100), "done": bool(ae_state.get("done"))}
+        meta = checkpoint_meta(self.cohort, len(self.train_subjects), self.config.training.seed, ae_info,
+                               {"steps": 0, "untrained": True}, text, cache.get("parser"), monai=_monai_version())
+        decoder = self.out / "state_decoder.pt"
+        if decoder.exists():
+            meta["training"]["decoder"] = decoder_summary(load_state(decoder), self.config.training.decoder)
+        path = self.out / "autoencoder_only.safetensors"
+        sha = save_checkpoint(export, path, meta)
+        logger.info("exported %s (autoencoder only, untrained UNet; sha256 %s…)", path, sha[:12])
+        return path
 
     # -------------------------------------------------------------- stage 1b
     def train_decoder(self, *, resume: bool = False, max_minutes: float | None = None) -> dict:

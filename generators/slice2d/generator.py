@@ -44,10 +44,10 @@ class Slice2dGenerator:
             raise ValueError(f"slice2d: steps={steps} and batch_size={batch_size} must be >= 1")
         self.context, self.device = context, context.device
         self.steps, self.guidance, self.scheduler_name, self.batch_size = int(steps), float(guidance), scheduler, int(batch_size)
-        from bench.data.subject import file_sha256
+        from core.io import sha256_file
 
         self.model, self.meta = load_checkpoint(checkpoint, device=self.device)
-        self.checkpoint_path, self.sha256 = str(checkpoint), file_sha256(checkpoint)
+        self.checkpoint_path, self.sha256 = str(checkpoint), sha256_file(checkpoint)
         if tuple(self.model.grid_shape) != tuple(context.grid.shape):
             raise Slice2dError(f"{checkpoint}: trained on grid {tuple(self.model.grid_shape)} but the suite grid is "
                                f"{context.grid.name} {tuple(context.grid.shape)}; use a suite on the checkpoint's grid "

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench.data.subject import Cohort
+from cohorts.subject import Cohort
 from generators.common.training import (atomic_torch_save, checkpoint_meta, diffusion_state, diffusion_update,
                                         ema_copies, export_model, live_modules, load_state, progress_bar,
                                         recent_mean, resolve_cohort, restore_diffusion_state, stage_deadline,

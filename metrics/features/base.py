@@ -15,25 +15,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from core.io import sha256_file
+
 log = logging.getLogger("braingenbench.metrics.features")
 
 __all__ = ["FeatureExtractor", "TorchFeatureExtractor", "check_volumes", "sha256_file", "resample_isotropic",
            "resample_centred", "pad_to_multiple", "pool_features", "volume_seed"]
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def volume_seed(volume: np.ndarray) -> int:
@@ -82,7 +74,7 @@ def resample_centred(x: torch.Tensor, voxel_size: float, target_voxel_size: floa
                      target_shape: tuple[int, int, int] | list[int]) -> torch.Tensor:
     """Resample ``(B, C, D, H, W)`` onto another isotropic grid with the same centre.
 
-    Every atlas grid of the benchmark (:mod:`bench.data.grid`) is centred on the same point, so voxel
+    Every atlas grid of the benchmark (:mod:`cohorts.grid`) is centred on the same point, so voxel
     ``i`` of the target grid sits at source coordinate ``(i - (n_t - 1) / 2) * t / s + (n_s - 1) / 2``
     (``s``, ``t``: source and target voxel sizes). Values are interpolated trilinearly; points outside
     the source are 0 (background). When the target is coarser (``t > s``), the source is first smoothed

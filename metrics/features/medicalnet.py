@@ -23,21 +23,25 @@ Features are the global average pool of ``layer4``. Input: the volume on the sui
 ``spacing_mm``), normalised as in MedicalNet's data code (z-score with the mean/std of voxels > 0,
 background voxels replaced by N(0, 1) noise, here seeded from the volume's bytes so that it is
 deterministic and order independent) or by a plain whole-volume z-score.
+
+Layout: the backbone is in :mod:`metrics.features.medicalnet_resnet`, finding/checking/loading the
+checkpoints in :mod:`metrics.features.medicalnet_weights`; this module holds the normalisation and
+the extractors and re-exports the rest.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import re
-from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
-from metrics.features.base import TorchFeatureExtractor, resample_isotropic, sha256_file, volume_seed
+from metrics.features.base import TorchFeatureExtractor, resample_isotropic, volume_seed
+from metrics.features.medicalnet_resnet import (_LAYOUTS, _SHORTCUT, SUPPORTED_DEPTHS, MedicalNetResNet, _BasicBlock,
+                                                _Bottleneck, _conv3, _ShortcutA)
+from metrics.features.medicalnet_weights import (KNOWN_SHA256, WEIGHTS_ENV, WeightsMismatchError, _infer_layout,
+                                                 _parse_expected, _read_state_dict, hf_repo, load_medicalnet_weights,
+                                                 medicalnet_weights_path, official_filename, sha256_matches)
 
 log = logging.getLogger("braingenbench.metrics.features")
 
@@ -46,35 +50,11 @@ __all__ = [
     "load_medicalnet_weights", "medicalnet_weights_path", "medicalnet_normalize", "KNOWN_SHA256",
     "WEIGHTS_ENV", "WeightsMismatchError",
 ]
-
-WEIGHTS_ENV = "BRAINGENBENCH_WEIGHTS"
-
-# depth -> (block type, blocks per layer), as in Tencent's models/resnet.py
-_LAYOUTS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
-    10: ("basic", (1, 1, 1, 1)),
-    18: ("basic", (2, 2, 2, 2)),
-    34: ("basic", (3, 4, 6, 3)),
-    50: ("bottleneck", (3, 4, 6, 3)),
-    101: ("bottleneck", (3, 4, 23, 3)),
-    152: ("bottleneck", (3, 8, 36, 3)),
-    200: ("bottleneck", (3, 24, 36, 3)),
-}
-SUPPORTED_DEPTHS = (10, 18, 34, 50)
-# Shortcut used by the released weights (MedicalNet README / MONAI get_medicalnet_pretrained_resnet_args).
-_SHORTCUT = {10: "B", 18: "A", 34: "A", 50: "B"}
-
-# Known sha256 of the official files. Only a prefix and a suffix are known to us so far (from
-# medmetric's pins, see /work/shared/REFERENCES.md); they are checked as prefix + suffix. Public code
-# quotes the full values
-#   resnet_10_23dataset.pth  afa8055f3e47f4a18239495d92a7abc587902c69c31c743de2b2784653b72605
-#   resnet_50_23dataset.pth  ff48a62219073fb977fd3f4ddfb8dc1367f0ec156c8d6f6c37e205bd683a246e
-# (consistent with the prefixes/suffixes) but we have not hashed the files ourselves: replace an entry
-# with the full 64-hex value once it has been computed from a downloaded file. Files without an entry
-# load with a warning and are recorded as "unpinned".
-KNOWN_SHA256: dict[str, str] = {
-    "resnet_10_23dataset.pth": "afa8055f...b72605",
-    "resnet_50_23dataset.pth": "ff48a622...a246e",
-}
+# also importable from here, as before the backbone and the checkpoint code moved to their own modules
+__all__ += [
+    "SUPPORTED_DEPTHS", "official_filename", "hf_repo", "sha256_matches", "_LAYOUTS", "_SHORTCUT", "_conv3",
+    "_ShortcutA", "_BasicBlock", "_Bottleneck", "_parse_expected", "_infer_layout", "_read_state_dict",
+]
 
 
 class _RandomWeights:
@@ -82,280 +62,6 @@ class _RandomWeights:
 
     def __init__(self, seed: int):
         self.seed = int(seed)
-
-
-class WeightsMismatchError(ValueError):
-    """A checkpoint that does not fit the model (wrong depth, shortcut or file) or fails its hash check."""
-
-
-# --------------------------------------------------------------------------------------------- model
-def _conv3(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Conv3d:
-    return nn.Conv3d(cin, cout, kernel_size=3, stride=stride, padding=dilation, dilation=dilation, bias=False)
-
-
-class _ShortcutA(nn.Module):
-    """MedicalNet's type-A shortcut: subsample with a stride-s 1^3 average pool, zero-pad the channels."""
-
-    def __init__(self, out_channels: int, stride: int):
-        super().__init__()
-        self.out_channels, self.stride = out_channels, stride
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stride != 1:
-            x = nn.functional.avg_pool3d(x, kernel_size=1, stride=self.stride)
-        pad = self.out_channels - x.shape[1]
-        if pad > 0:
-            x = torch.cat([x, x.new_zeros(x.shape[0], pad, *x.shape[2:])], dim=1)
-        return x
-
-
-class _BasicBlock(nn.Module):
-    expansion = 1
-
-    def __init__(self, cin: int, planes: int, stride: int, dilation: int, downsample: nn.Module | None):
-        super().__init__()
-        self.conv1 = _conv3(cin, planes, stride, dilation)
-        self.bn1 = nn.BatchNorm3d(planes)
-        self.conv2 = _conv3(planes, planes, 1, dilation)
-        self.bn2 = nn.BatchNorm3d(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
-
-
-class _Bottleneck(nn.Module):
-    expansion = 4
-
-    def __init__(self, cin: int, planes: int, stride: int, dilation: int, downsample: nn.Module | None):
-        super().__init__()
-        self.conv1 = nn.Conv3d(cin, planes, kernel_size=1, bias=False)
-        self.bn1 = nn.BatchNorm3d(planes)
-        self.conv2 = _conv3(planes, planes, stride, dilation)
-        self.bn2 = nn.BatchNorm3d(planes)
-        self.conv3 = nn.Conv3d(planes, planes * 4, kernel_size=1, bias=False)
-        self.bn3 = nn.BatchNorm3d(planes * 4)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
-
-
-class MedicalNetResNet(nn.Module):
-    """The MedicalNet 3D ResNet backbone (Chen et al. 2019), without the segmentation head.
-
-    Args:
-        depth: 10, 18, 34 or 50 (101/152/200 build too, but no official weights are handled).
-        shortcut_type: ``"A"`` or ``"B"``; ``None`` picks the one of the released weights
-            (A for 18/34, B for 10/50).
-
-    ``forward`` returns the ``layer4`` feature map (output stride 8); ``features`` its global average.
-    """
-
-    def __init__(self, depth: int = 50, shortcut_type: str | None = None):
-        super().__init__()
-        if depth not in _LAYOUTS:
-            raise ValueError(f"MedicalNet depth must be one of {sorted(_LAYOUTS)}, got {depth}")
-        kind, counts = _LAYOUTS[depth]
-        shortcut = shortcut_type or _SHORTCUT.get(depth, "B")
-        if shortcut not in ("A", "B"):
-            raise ValueError(f"shortcut_type must be 'A' or 'B', got {shortcut_type!r}")
-        self.depth, self.shortcut_type = depth, shortcut
-        block = _BasicBlock if kind == "basic" else _Bottleneck
-        self.conv1 = nn.Conv3d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm3d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool3d(kernel_size=3, stride=2, padding=1)
-        self._cin = 64
-        self.layer1 = self._make_layer(block, 64, counts[0], stride=1, dilation=1)
-        self.layer2 = self._make_layer(block, 128, counts[1], stride=2, dilation=1)
-        self.layer3 = self._make_layer(block, 256, counts[2], stride=1, dilation=2)
-        self.layer4 = self._make_layer(block, 512, counts[3], stride=1, dilation=4)
-        self.out_channels = 512 * block.expansion
-        for m in self.modules():  # Tencent's init: Kaiming-normal convs, BN weight 1 / bias 0
-            if isinstance(m, nn.Conv3d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            elif isinstance(m, nn.BatchNorm3d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-
-    def _make_layer(self, block, planes: int, n: int, stride: int, dilation: int) -> nn.Sequential:
-        out = planes * block.expansion
-        downsample = None
-        if stride != 1 or self._cin != out:
-            if self.shortcut_type == "A":
-                downsample = _ShortcutA(out, stride)
-            else:
-                downsample = nn.Sequential(nn.Conv3d(self._cin, out, kernel_size=1, stride=stride, bias=False),
-                                           nn.BatchNorm3d(out))
-        layers = [block(self._cin, planes, stride, dilation, downsample)]
-        self._cin = out
-        layers += [block(out, planes, 1, dilation, None) for _ in range(1, n)]
-        return nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward(x).mean(dim=(2, 3, 4))
-
-
-# ------------------------------------------------------------------------------------------- weights
-def official_filename(depth: int, variant: str = "23dataset") -> str:
-    """``resnet_{depth}_23dataset.pth`` or ``resnet_{depth}.pth`` (``variant="original"``)."""
-    if variant not in ("23dataset", "original"):
-        raise ValueError(f"MedicalNet variant must be '23dataset' or 'original', got {variant!r}")
-    return f"resnet_{depth}_23dataset.pth" if variant == "23dataset" else f"resnet_{depth}.pth"
-
-
-def hf_repo(depth: int) -> str:
-    return f"TencentMedicalNet/MedicalNet-Resnet{depth}"
-
-
-def medicalnet_weights_path(depth: int, variant: str = "23dataset", weights: str | os.PathLike | None = None) -> Path:
-    """Find the checkpoint: ``weights`` (a file, or a directory holding the official file name), else
-    ``$BRAINGENBENCH_WEIGHTS/<official name>``.
-
-    Raises:
-        FileNotFoundError: naming the file, the Hugging Face repository and where to put it.
-    """
-    fname = official_filename(depth, variant)
-    env = os.environ.get(WEIGHTS_ENV)
-    if weights is not None:
-        p = Path(weights).expanduser()
-        candidate = p / fname if p.is_dir() else p
-        where = f"weights={str(weights)!r}"
-    elif env:
-        candidate = Path(env).expanduser() / fname
-        where = f"${WEIGHTS_ENV}={env}"
-    else:
-        candidate, where = None, f"${WEIGHTS_ENV} is not set and no weights= path was given"
-    if candidate is not None and candidate.is_file():
-        return candidate
-    looked = f"looked for {candidate}" if candidate is not None else "nowhere to look"
-    raise FileNotFoundError(
-        f"MedicalNet ResNet-{depth} weights not found ({looked}; {where}). Nothing is downloaded at run time: "
-        f"download {fname} from https://huggingface.co/{hf_repo(depth)} (e.g. `huggingface-cli download "
-        f"{hf_repo(depth)} {fname} --local-dir DIR`), then either set {WEIGHTS_ENV}=DIR (a directory holding "
-        f"the official file names) or pass weights='DIR/{fname}' in the suite's extractor arguments."
-    )
-
-
-def _parse_expected(expected: str) -> tuple[str, str]:
-    """``"<64 hex>"`` -> (full, ""); ``"<prefix>...<suffix>"`` (or with an ellipsis) -> (prefix, suffix)."""
-    e = expected.strip().lower().replace("\u2026", "...")
-    if "..." in e:
-        prefix, _, suffix = e.partition("...")
-        return prefix, suffix
-    if not re.fullmatch(r"[0-9a-f]{64}", e):
-        raise ValueError(f"expected_sha256 must be 64 hex digits or 'prefix...suffix', got {expected!r}")
-    return e, ""
-
-
-def sha256_matches(actual: str, expected: str) -> bool:
-    """Compare a full hex digest with a full or partial (``prefix...suffix``) expected value."""
-    prefix, suffix = _parse_expected(expected)
-    if not suffix and len(prefix) == 64:
-        return actual == prefix
-    return actual.startswith(prefix) and actual.endswith(suffix)
-
-
-def _infer_layout(keys: Sequence[str]) -> str:
-    """Describe the network a state dict belongs to (depth, block, shortcut) from its key names."""
-    blocks = []
-    for i in range(1, 5):
-        idx = {int(m.group(1)) for k in keys if (m := re.match(rf"layer{i}\.(\d+)\.", k))}
-        blocks.append(max(idx) + 1 if idx else 0)
-    kind = "bottleneck" if any(re.match(r"layer1\.0\.conv3\.", k) for k in keys) else "basic"
-    shortcut = "B" if any(".downsample.0.weight" in k for k in keys) else "A"
-    depth = next((d for d, (kd, c) in _LAYOUTS.items() if kd == kind and tuple(blocks) == c), None)
-    what = f"resnet_{depth}" if depth else f"an unknown ResNet (blocks {blocks})"
-    return f"{what} ({kind} blocks, shortcut {shortcut})"
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        payload = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, truncated files, non-tensor payloads
-        raise WeightsMismatchError(f"cannot read {path} as a MedicalNet checkpoint with torch.load(weights_only=True): "
-                                   f"{exc}. Re-download the file; only the official .pth files are supported") from exc
-    if isinstance(payload, dict) and "state_dict" in payload:
-        payload = payload["state_dict"]
-    if not isinstance(payload, dict) or not all(isinstance(v, torch.Tensor) for v in payload.values()):
-        raise WeightsMismatchError(f"{path} holds no state dict (expected a dict with key 'state_dict' of tensors, "
-                                   "as in Tencent's official files)")
-    out = {}
-    for k, v in payload.items():
-        k = k[len("module."):] if k.startswith("module.") else k
-        if k.startswith("conv_seg."):
-            continue  # segmentation head of a fine-tuned model; not part of the backbone
-        out[k] = v
-    return out
-
-
-def load_medicalnet_weights(model: MedicalNetResNet, path: str | os.PathLike,
-                            expected_sha256: str | None = None) -> dict:
-    """Load an official MedicalNet checkpoint into ``model`` (strict, backbone only).
-
-    Accepts ``resnet_{10,18,34,50}.pth`` and ``resnet_{10,18,34,50}_23dataset.pth``: ``torch.load`` with
-    ``weights_only=True``, the ``state_dict`` entry, DataParallel ``module.`` prefixes stripped, any
-    ``conv_seg.*`` head ignored. Missing ``num_batches_tracked`` buffers (old PyTorch files) are harmless.
-
-    Args:
-        model: the backbone to fill.
-        path: checkpoint file.
-        expected_sha256: full hex digest or ``"prefix...suffix"``; ``None`` skips the check.
-
-    Returns:
-        ``{"path", "sha256", "n_tensors"}``.
-
-    Raises:
-        FileNotFoundError: no such file.
-        WeightsMismatchError: hash mismatch, or missing / unexpected / shape-mismatched keys (all listed in
-            one message, with a guess of which network the file belongs to).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"MedicalNet checkpoint {path} does not exist")
-    digest = sha256_file(path)
-    if expected_sha256 is not None and not sha256_matches(digest, expected_sha256):
-        raise WeightsMismatchError(
-            f"{path} has sha256 {digest}, expected {expected_sha256}: the file is corrupt, truncated or not the "
-            "official release. Re-download it from Hugging Face (TencentMedicalNet), or pass verify=False to use "
-            "it anyway (recorded as 'unverified')")
-    state = _read_state_dict(path)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        def show(items: list[str]) -> str:
-            return ", ".join(items[:6]) + (f" ... (+{len(items) - 6} more)" if len(items) > 6 else "")
-
-        parts = [f"{path.name} does not fit MedicalNet resnet_{model.depth} (shortcut {model.shortcut_type}): "
-                 f"this looks like {_infer_layout(list(state))}, not resnet_{model.depth}."]
-        if missing:
-            parts.append(f"missing {len(missing)} keys: {show(missing)}.")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} keys: {show(unexpected)}.")
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatches: {show(shapes)}.")
-        parts.append("Use the extractor whose depth matches the file (medicalnet-r10/-r18/-r34/-r50) or point "
-                     "weights= at the right file.")
-        raise WeightsMismatchError(" ".join(parts))
-    model.load_state_dict(state, strict=True)
-    return {"path": str(path), "sha256": digest, "n_tensors": len(state)}
 
 
 # ------------------------------------------------------------------------------------- normalisation

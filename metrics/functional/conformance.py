@@ -76,7 +76,7 @@ class AtlasRegions:
 
 def atlas_regions(atlas: dict, *, support_dilate: int = 2, ventricle_dilate: int = 2,
                   hippocampus_dilate: int = 1) -> AtlasRegions:
-    """Regions from an atlas dict as the runner provides it in ``sets.extra["atlas"]``.
+    """Regions from an atlas dict as the runner provides it in ``sets.atlas``.
 
     Args:
         atlas: ``{"gm", "wm", "csf"}`` tissue probabilities (D, H, W), ``"ventricles"`` (lateral
@@ -93,8 +93,8 @@ def atlas_regions(atlas: dict, *, support_dilate: int = 2, ventricle_dilate: int
     if "hippocampus" not in atlas and "labels" not in atlas:
         missing.append("labels (or hippocampus)")
     if missing:
-        raise ConformanceError(f"sets.extra['atlas'] lacks {missing}; the runner must pass the atlas priors on "
-                               "the suite grid (bench.data.atlas.load_priors) as {gm, wm, csf, ventricles, labels, "
+        raise ConformanceError(f"sets.atlas lacks {missing}; the runner must pass the atlas priors on "
+                               "the suite grid (cohorts.atlas.load_priors) as {gm, wm, csf, ventricles, labels, "
                                "voxel_volume_ml}")
     gm, wm, csf = (np.asarray(atlas[k], np.float32) for k in ("gm", "wm", "csf"))
     vent = np.asarray(atlas["ventricles"], bool)

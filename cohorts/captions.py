@@ -1,4 +1,4 @@
-"""Captions: built from a :class:`~bench.data.subject.Subject`, parsed back into attributes.
+"""Captions: built from a :class:`~cohorts.subject.Subject`, parsed back into attributes.
 
 One module for the phantom and every real dataset. A caption reads::
 
@@ -16,7 +16,7 @@ import math
 import re
 from typing import Iterable, Sequence
 
-from bench.data.subject import STRUCTURES, Subject
+from cohorts.subject import STRUCTURES, Subject
 
 MODALITY_WORDS = {"T1": "T1-weighted", "T2": "T2-weighted", "PD": "proton-density-weighted",
                   "FLAIR": "FLAIR"}
@@ -162,7 +162,7 @@ def parse_caption(text: str) -> dict:
     Returns:
         ``{"modality": "T1"|"T2"|"PD"|"FLAIR"|None, "age": float|None, "sex": "F"|"M"|None,
         "volumes": {key: mL}, "percentiles": {key: pct}, "qualitative": {key: "large"|"small"},
-        "synthetic": bool}`` with keys from :data:`~bench.data.subject.STRUCTURES`.
+        "synthetic": bool}`` with keys from :data:`~cohorts.subject.STRUCTURES`.
     """
     out: dict = {"modality": None, "age": None, "sex": None, "volumes": {}, "percentiles": {},
                  "qualitative": {}, "synthetic": bool(re.search(r"\bsynthetic\b", text, re.I))}

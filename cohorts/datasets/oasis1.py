@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from bench.data.datasets import (DatasetError, DatasetInfo, Discovery, RawScan, RawSubject, column, parse_age,
+from cohorts.datasets import (DatasetError, DatasetInfo, Discovery, RawScan, RawSubject, column, parse_age,
                                  parse_sex, read_table)
 
 INFO = DatasetInfo(

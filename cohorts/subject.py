@@ -20,7 +20,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from bench.data.grid import GRIDS, Grid
+from cohorts.grid import GRIDS, Grid
+from core.io import sha256_file
 
 MODALITIES = ("T1", "T2", "PD", "FLAIR")
 SPLITS = ("train", "val", "test")
@@ -154,7 +155,7 @@ class Cohort:
         h.update((self.root / "manifest.csv").read_bytes())
         for s in sorted(self.subjects, key=lambda s: s.subject_id):
             h.update(s.subject_id.encode())
-            h.update(file_sha256(s.image).encode())
+            h.update(sha256_file(s.image).encode())
         return h.hexdigest()
 
     @classmethod
@@ -202,17 +203,6 @@ def _rel(p: Path | None, root: Path) -> str:
         return str(Path(p).relative_to(root))
     except ValueError:
         return str(p)
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
 
 
 def _load_nifti(path: Path, grid: Grid) -> np.ndarray:

@@ -20,13 +20,13 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+from core.io import atomic_save_npz
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def check_label_names(names: dict[int, str], path: str | Path = "neuromorphometr
     if bad:
         desc = "; ".join(f"id {i}: expected {w!r}, found {f!r}" for i, w, f in bad)
         raise AtlasError(f"{path}: label ids do not name the expected structures ({desc}); the atlas "
-                         "version changed — update STRUCTURE_LABELS in bench/data/atlas.py")
+                         "version changed — update STRUCTURE_LABELS in cohorts/atlas.py")
 
 
 # ------------------------------------------------------------------------------------ resampling
@@ -228,7 +228,7 @@ def _compute_priors(voxel_size_mm: float, shape: tuple[int, int, int], affine: n
 
 def braingenbench_home(home: str | Path | None = None) -> Path:
     """The cache root: ``home`` or ``$BRAINGENBENCH_HOME`` or ``~/.cache/braingenbench``."""
-    from bench.cache import home as default_home
+    from core.io import home as default_home
 
     return Path(home).expanduser() if home is not None else default_home()
 
@@ -258,11 +258,7 @@ def _load_priors_cached(voxel_size_mm: float, shape: tuple[int, int, int], affin
     if arrays is None:
         arrays = _compute_priors(voxel_size_mm, shape, affine)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
+            atomic_save_npz(path, **arrays)
         except OSError as e:
             logger.warning("%s: cannot write priors cache (%s); set BRAINGENBENCH_HOME to a writable "
                            "folder to avoid recomputing", path, e)
@@ -295,3 +291,12 @@ def load_priors(voxel_size_mm: float, shape: tuple[int, int, int], affine: np.nd
         raise ValueError(f"affine must be 4x4, got {np.shape(affine)}")
     return _load_priors_cached(float(voxel_size_mm), tuple(int(s) for s in shape), aff,
                                str(braingenbench_home(home)))
+
+
+def atlas_on_grid(grid) -> dict:
+    """ICBM152 tissue priors and Neuromorphometrics labels on ``grid`` (a :class:`cohorts.grid.Grid`),
+    as the atlas-guided metrics take them: ``gm``, ``wm``, ``csf``, ``labels``, ``ventricles``,
+    ``voxel_volume_ml``."""
+    pri = load_priors(grid.voxel_size, grid.shape, grid.affine)
+    return {"gm": pri.gm, "wm": pri.wm, "csf": pri.csf, "labels": pri.labels,
+            "ventricles": pri.structure_mask("lateral_ventricles"), "voxel_volume_ml": grid.voxel_volume_ml}

@@ -13,7 +13,7 @@ import json
 import re
 from pathlib import Path
 
-from bench.data.datasets import (DatasetError, DatasetInfo, Discovery, RawScan, RawSubject, column, find_files,
+from cohorts.datasets import (DatasetError, DatasetInfo, Discovery, RawScan, RawSubject, column, find_files,
                                  parse_age, parse_sex, read_table)
 
 INFO = DatasetInfo(

@@ -3,7 +3,7 @@
 A loader module (``ixi``, ``oasis1``, ``ibsr``, ``kirby21``, ``bids``) exposes ``INFO``
 (:class:`DatasetInfo`) and ``discover(raw_dir, scratch) -> Discovery``: the scans of every
 subject plus demographics and the problems met while reading names and spreadsheets. The common
-pipeline (:mod:`bench.data.prepare`) does the rest.
+pipeline (:mod:`cohorts.prepare`) does the rest.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.data.subject import CohortError
+from cohorts.subject import CohortError
 
 DATASETS = ("ixi", "oasis1", "ibsr", "kirby21", "bids")
 
@@ -75,12 +75,10 @@ def get_loader(name: str):
     """The loader module of dataset ``name``."""
     key = name.lower().replace("-", "")
     if key not in DATASETS:
-        import difflib
+        from core.names import did_you_mean
 
-        close = difflib.get_close_matches(key, DATASETS, n=2)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise DatasetError(f"unknown dataset {name!r}{hint} (available: {', '.join(DATASETS)})")
-    return importlib.import_module(f"bench.data.datasets.{key}")
+        raise DatasetError(f"unknown dataset {name!r}{did_you_mean(key, DATASETS, 2)} (available: {', '.join(DATASETS)})")
+    return importlib.import_module(f"cohorts.datasets.{key}")
 
 
 # ------------------------------------------------------------------------------------ shared helpers

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from bench.data.datasets import (DatasetInfo, Discovery, RawScan, RawSubject, column, find_files, parse_age,
+from cohorts.datasets import (DatasetInfo, Discovery, RawScan, RawSubject, column, find_files, parse_age,
                                  parse_sex, read_table)
 
 INFO = DatasetInfo(

@@ -1,6 +1,6 @@
 """``python -m bench cohort prepare DATASET RAW_DIR --out DIR``: a real dataset → a prepared cohort.
 
-The output folder has the phantom's format (:class:`~bench.data.subject.Cohort`: ``cohort.json``,
+The output folder has the phantom's format (:class:`~cohorts.subject.Cohort`: ``cohort.json``,
 ``manifest.csv``, ``images/``, ``labels/``, ``brain_mask.nii.gz``) plus:
 
 - ``prepare_log.jsonl`` — one JSON line per step per scan (name, status, seconds, details);
@@ -14,7 +14,7 @@ Manifest columns beyond the cohort format: ``person_id``, ``session_id``, ``sour
 Scans that fail QC stay in the manifest with ``split = "excluded"`` (so that neither the runner nor
 the ldm3d trainer uses them) unless ``keep_qc_failures``. Splits are by person: sha256 of
 ``"<dataset>:<person_id>"`` → train 70 % / val 10 % / test 20 %. Captions come from
-:mod:`bench.data.captions` with percentiles against the prepared (non-excluded) cohort;
+:mod:`cohorts.captions` with percentiles against the prepared (non-excluded) cohort;
 demographics a dataset lacks are not mentioned.
 """
 
@@ -24,7 +24,6 @@ import csv
 import hashlib
 import json
 import logging
-import os
 import sys
 import time
 import traceback
@@ -33,10 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.data import atlas
-from bench.data.datasets import DatasetError, RawSubject, get_loader
-from bench.data.grid import Grid, get_grid
-from bench.data.subject import Cohort, CohortError, Subject, save_nifti
+from cohorts import atlas
+from cohorts.datasets import DatasetError, RawSubject, get_loader
+from cohorts.grid import Grid, get_grid
+from cohorts.subject import Cohort, CohortError, Subject, save_nifti
+from core.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def default_out(dataset: str, grid: str | Grid, home: str | Path | None = None) 
 
 
 def _options_spec(dataset: str, grid: Grid, options: dict) -> str:
-    from bench.data.preprocess import PREPROCESS_VERSION
+    from cohorts.preprocess import PREPROCESS_VERSION
 
     blob = json.dumps([PREPARE_VERSION, PREPROCESS_VERSION, dataset, grid.to_dict(), atlas.source_hash(),
                        sorted(options.items())], sort_keys=True, default=str)
@@ -76,7 +76,7 @@ def _prepare_session(task: tuple) -> dict:
     """Worker: every scan of one session; writes images/labels and ``work/<session>.json``."""
     raw_subject, out_s, grid_name, options, spec, dataset, threads = task
     _limit_threads(threads)
-    from bench.data.preprocess import PreprocessError, StepLog, preprocess_image
+    from cohorts.preprocess import PreprocessError, StepLog, preprocess_image
 
     s: RawSubject = raw_subject
     out, grid = Path(out_s), get_grid(grid_name)
@@ -85,7 +85,7 @@ def _prepare_session(task: tuple) -> dict:
     manual = {}
     if s.manual_labels is not None:
         try:
-            from bench.data.datasets.ibsr import manual_volumes
+            from cohorts.datasets.ibsr import manual_volumes
 
             manual = manual_volumes(s.manual_labels)
         except Exception as e:  # noqa: BLE001
@@ -200,8 +200,8 @@ def prepare_cohort(dataset: str, raw_dir: str | Path, out: str | Path | None = N
     Raises:
         DatasetError: the raw folder is missing, empty or not this dataset.
     """
-    from bench.data.captions import compute_percentiles, make_caption
-    from bench.data.preprocess import QC_DICE_MIN, QC_NCC_MIN, SKULL_STRIP_METHODS
+    from cohorts.captions import compute_percentiles, make_caption
+    from cohorts.preprocess import QC_DICE_MIN, QC_NCC_MIN, SKULL_STRIP_METHODS
 
     loader = get_loader(dataset)
     info = loader.INFO
@@ -226,7 +226,7 @@ def prepare_cohort(dataset: str, raw_dir: str | Path, out: str | Path | None = N
     options = {"skull_strip": skull_strip, "deformable": deformable, "modalities": mods}
     spec = _options_spec(info.name, g, options)
     atlas.load_priors(g.voxel_size, g.shape, g.affine)  # fill the priors caches before any worker
-    from bench.data import preprocess
+    from cohorts import preprocess
 
     preprocess.label_priors(g)
     preprocess.grid_priors(preprocess.registration_grid(g))
@@ -279,7 +279,7 @@ def prepare_cohort(dataset: str, raw_dir: str | Path, out: str | Path | None = N
             else:
                 from concurrent.futures import ProcessPoolExecutor, as_completed
 
-                from bench.data.phantom import _pool_context
+                from cohorts.phantom import _pool_context
 
                 with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=_pool_context()) as ex:
                     futs = {ex.submit(_prepare_session, t): t[0] for t in tasks}
@@ -374,9 +374,7 @@ def _save_with_extra(cohort: Cohort, extra: dict[str, dict]) -> None:
     df = pd.read_csv(path, keep_default_na=False)
     ex = pd.DataFrame([{"subject_id": k, **v} for k, v in extra.items()])
     df = df.merge(ex, on="subject_id", how="left")
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
     cohort.meta["content_hash"] = cohort.compute_content_hash()
     (cohort.root / "cohort.json").write_text(json.dumps(cohort.meta, indent=2, sort_keys=True, default=str))
 

@@ -1,0 +1,44 @@
+"""What the command line prints: log format and level, and each warning once.
+
+``--quiet`` shows warnings and errors only, ``--verbose`` debug messages. A warning repeated with the
+same text (the same resampling note for every file of a folder, a library warning raised per shard)
+is printed the first time only; Python ``warnings`` go through the same path.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+__all__ = ["OnceFilter", "setup_logging"]
+
+
+class OnceFilter(logging.Filter):
+    """Drops a warning (or error) whose logger and text were already emitted; other levels pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[tuple[str, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, record.getMessage())
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+def setup_logging(*, quiet: bool = False, verbose: bool = False, stream=None) -> None:
+    """Configure the root logger for a command-line run (replacing earlier handlers)."""
+    level = logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO)
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(OnceFilter())
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel(level)
+    logging.captureWarnings(True)

@@ -1,0 +1,183 @@
+"""Finding, checking and loading the official MedicalNet checkpoints (part of
+:mod:`metrics.features.medicalnet`): ``$BRAINGENBENCH_WEIGHTS``, the known sha256 pins (full or
+``prefix...suffix``), and a strict backbone-only state-dict load whose errors name the network the file
+belongs to."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from metrics.features.base import sha256_file
+from metrics.features.medicalnet_resnet import _LAYOUTS, MedicalNetResNet
+
+WEIGHTS_ENV = "BRAINGENBENCH_WEIGHTS"
+
+# Known sha256 of the official files. Only a prefix and a suffix are known to us so far (from
+# medmetric's pins, see /work/shared/REFERENCES.md); they are checked as prefix + suffix. Public code
+# quotes the full values
+#   resnet_10_23dataset.pth  afa8055f3e47f4a18239495d92a7abc587902c69c31c743de2b2784653b72605
+#   resnet_50_23dataset.pth  ff48a62219073fb977fd3f4ddfb8dc1367f0ec156c8d6f6c37e205bd683a246e
+# (consistent with the prefixes/suffixes) but we have not hashed the files ourselves: replace an entry
+# with the full 64-hex value once it has been computed from a downloaded file. Files without an entry
+# load with a warning and are recorded as "unpinned".
+KNOWN_SHA256: dict[str, str] = {
+    "resnet_10_23dataset.pth": "afa8055f...b72605",
+    "resnet_50_23dataset.pth": "ff48a622...a246e",
+}
+
+
+class WeightsMismatchError(ValueError):
+    """A checkpoint that does not fit the model (wrong depth, shortcut or file) or fails its hash check."""
+
+
+# ------------------------------------------------------------------------------------------- weights
+def official_filename(depth: int, variant: str = "23dataset") -> str:
+    """``resnet_{depth}_23dataset.pth`` or ``resnet_{depth}.pth`` (``variant="original"``)."""
+    if variant not in ("23dataset", "original"):
+        raise ValueError(f"MedicalNet variant must be '23dataset' or 'original', got {variant!r}")
+    return f"resnet_{depth}_23dataset.pth" if variant == "23dataset" else f"resnet_{depth}.pth"
+
+
+def hf_repo(depth: int) -> str:
+    return f"TencentMedicalNet/MedicalNet-Resnet{depth}"
+
+
+def medicalnet_weights_path(depth: int, variant: str = "23dataset", weights: str | os.PathLike | None = None) -> Path:
+    """Find the checkpoint: ``weights`` (a file, or a directory holding the official file name), else
+    ``$BRAINGENBENCH_WEIGHTS/<official name>``.
+
+    Raises:
+        FileNotFoundError: naming the file, the Hugging Face repository and where to put it.
+    """
+    fname = official_filename(depth, variant)
+    env = os.environ.get(WEIGHTS_ENV)
+    if weights is not None:
+        p = Path(weights).expanduser()
+        candidate = p / fname if p.is_dir() else p
+        where = f"weights={str(weights)!r}"
+    elif env:
+        candidate = Path(env).expanduser() / fname
+        where = f"${WEIGHTS_ENV}={env}"
+    else:
+        candidate, where = None, f"${WEIGHTS_ENV} is not set and no weights= path was given"
+    if candidate is not None and candidate.is_file():
+        return candidate
+    looked = f"looked for {candidate}" if candidate is not None else "nowhere to look"
+    raise FileNotFoundError(
+        f"MedicalNet ResNet-{depth} weights not found ({looked}; {where}). Nothing is downloaded at run time: "
+        f"download {fname} from https://huggingface.co/{hf_repo(depth)} (e.g. `huggingface-cli download "
+        f"{hf_repo(depth)} {fname} --local-dir DIR`), then either set {WEIGHTS_ENV}=DIR (a directory holding "
+        f"the official file names) or pass weights='DIR/{fname}' in the suite's extractor arguments."
+    )
+
+
+def _parse_expected(expected: str) -> tuple[str, str]:
+    """``"<64 hex>"`` -> (full, ""); ``"<prefix>...<suffix>"`` (or with an ellipsis) -> (prefix, suffix)."""
+    e = expected.strip().lower().replace("\u2026", "...")
+    if "..." in e:
+        prefix, _, suffix = e.partition("...")
+        return prefix, suffix
+    if not re.fullmatch(r"[0-9a-f]{64}", e):
+        raise ValueError(f"expected_sha256 must be 64 hex digits or 'prefix...suffix', got {expected!r}")
+    return e, ""
+
+
+def sha256_matches(actual: str, expected: str) -> bool:
+    """Compare a full hex digest with a full or partial (``prefix...suffix``) expected value."""
+    prefix, suffix = _parse_expected(expected)
+    if not suffix and len(prefix) == 64:
+        return actual == prefix
+    return actual.startswith(prefix) and actual.endswith(suffix)
+
+
+def _infer_layout(keys: Sequence[str]) -> str:
+    """Describe the network a state dict belongs to (depth, block, shortcut) from its key names."""
+    blocks = []
+    for i in range(1, 5):
+        idx = {int(m.group(1)) for k in keys if (m := re.match(rf"layer{i}\.(\d+)\.", k))}
+        blocks.append(max(idx) + 1 if idx else 0)
+    kind = "bottleneck" if any(re.match(r"layer1\.0\.conv3\.", k) for k in keys) else "basic"
+    shortcut = "B" if any(".downsample.0.weight" in k for k in keys) else "A"
+    depth = next((d for d, (kd, c) in _LAYOUTS.items() if kd == kind and tuple(blocks) == c), None)
+    what = f"resnet_{depth}" if depth else f"an unknown ResNet (blocks {blocks})"
+    return f"{what} ({kind} blocks, shortcut {shortcut})"
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        payload = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors, truncated files, non-tensor payloads
+        raise WeightsMismatchError(f"cannot read {path} as a MedicalNet checkpoint with torch.load(weights_only=True): "
+                                   f"{exc}. Re-download the file; only the official .pth files are supported") from exc
+    if isinstance(payload, dict) and "state_dict" in payload:
+        payload = payload["state_dict"]
+    if not isinstance(payload, dict) or not all(isinstance(v, torch.Tensor) for v in payload.values()):
+        raise WeightsMismatchError(f"{path} holds no state dict (expected a dict with key 'state_dict' of tensors, "
+                                   "as in Tencent's official files)")
+    out = {}
+    for k, v in payload.items():
+        k = k[len("module."):] if k.startswith("module.") else k
+        if k.startswith("conv_seg."):
+            continue  # segmentation head of a fine-tuned model; not part of the backbone
+        out[k] = v
+    return out
+
+
+def load_medicalnet_weights(model: MedicalNetResNet, path: str | os.PathLike,
+                            expected_sha256: str | None = None) -> dict:
+    """Load an official MedicalNet checkpoint into ``model`` (strict, backbone only).
+
+    Accepts ``resnet_{10,18,34,50}.pth`` and ``resnet_{10,18,34,50}_23dataset.pth``: ``torch.load`` with
+    ``weights_only=True``, the ``state_dict`` entry, DataParallel ``module.`` prefixes stripped, any
+    ``conv_seg.*`` head ignored. Missing ``num_batches_tracked`` buffers (old PyTorch files) are harmless.
+
+    Args:
+        model: the backbone to fill.
+        path: checkpoint file.
+        expected_sha256: full hex digest or ``"prefix...suffix"``; ``None`` skips the check.
+
+    Returns:
+        ``{"path", "sha256", "n_tensors"}``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        WeightsMismatchError: hash mismatch, or missing / unexpected / shape-mismatched keys (all listed in
+            one message, with a guess of which network the file belongs to).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"MedicalNet checkpoint {path} does not exist")
+    digest = sha256_file(path)
+    if expected_sha256 is not None and not sha256_matches(digest, expected_sha256):
+        raise WeightsMismatchError(
+            f"{path} has sha256 {digest}, expected {expected_sha256}: the file is corrupt, truncated or not the "
+            "official release. Re-download it from Hugging Face (TencentMedicalNet), or pass verify=False to use "
+            "it anyway (recorded as 'unverified')")
+    state = _read_state_dict(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        def show(items: list[str]) -> str:
+            return ", ".join(items[:6]) + (f" ... (+{len(items) - 6} more)" if len(items) > 6 else "")
+
+        parts = [f"{path.name} does not fit MedicalNet resnet_{model.depth} (shortcut {model.shortcut_type}): "
+                 f"this looks like {_infer_layout(list(state))}, not resnet_{model.depth}."]
+        if missing:
+            parts.append(f"missing {len(missing)} keys: {show(missing)}.")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys: {show(unexpected)}.")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatches: {show(shapes)}.")
+        parts.append("Use the extractor whose depth matches the file (medicalnet-r10/-r18/-r34/-r50) or point "
+                     "weights= at the right file.")
+        raise WeightsMismatchError(" ".join(parts))
+    model.load_state_dict(state, strict=True)
+    return {"path": str(path), "sha256": digest, "n_tensors": len(state)}
