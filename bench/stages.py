@@ -159,7 +159,7 @@ class Prompts(Stage):
         suite_set = suite_prompt_set(cohort, n, state.seed, suite.floor_split)
         own = getattr(state.generator, "own_prompts", None)
         texts = own() if own is not None else None
-        suite_texts = {p.text.strip() for p in suite_set.prompts}
+        suite_texts = {s.caption.strip() for s in cohort.split("test")}  # any suite prompt, whatever --limit
         if texts is not None and not {t.strip() for t in texts} <= suite_texts:
             if cfg.limit is not None:
                 texts = texts[:cfg.limit]
