@@ -163,6 +163,10 @@ class LatentDiffusionConfig:
                         "are both false; enable at least one")
         if not 0.0 <= cond.caption_dropout < 1.0:
             raise error(f"{source}: conditioning.caption_dropout={cond.caption_dropout} must be in [0, 1)")
+        if not 0.0 <= cond.attribute_dropout < 1.0:
+            raise error(f"{source}: conditioning.attribute_dropout={cond.attribute_dropout} must be in [0, 1)")
+        if not 0 <= cond.fourier_features <= 8:
+            raise error(f"{source}: conditioning.fourier_features={cond.fourier_features} must be in 0..8")
         if self.scheduler.schedule not in ("scaled_linear_beta", "linear_beta"):
             raise error(f"{source}: scheduler.schedule={self.scheduler.schedule!r}; "
                         "use 'scaled_linear_beta' or 'linear_beta'")

@@ -15,7 +15,10 @@ use. The per-token text path is kept so that per-token cross-attention maps exis
 :mod:`generators.ldm3d.explain`).
 
 For classifier-free guidance (Ho & Salimans 2022) the whole context is replaced by a learned null
-context with probability ``caption_dropout`` in training.
+context with probability ``caption_dropout`` in training; with ``attribute_dropout`` each attribute
+token is also, independently, replaced by its "not given" features (:func:`drop_attributes`). With
+``fourier_features`` > 0 every numeric feature also gets sin/cos Fourier features (Tancik et al.
+2020; :func:`attribute_features`).
 """
 
 from __future__ import annotations
@@ -36,7 +39,16 @@ logger = logging.getLogger(__name__)
 STRUCTURE_KEYS: tuple[str, ...] = tuple(STRUCTURES)
 ATTRIBUTE_NAMES: tuple[str, ...] = ("modality", "sex", "age", *STRUCTURE_KEYS)
 N_ATTR = len(ATTRIBUTE_NAMES)
-N_FEAT = 6  # features per attribute token
+N_FEAT = 6  # features per attribute token (before Fourier features)
+#: (row, column) of the numeric features that get Fourier features: age z, and per structure volume z
+#: and centred percentile
+_NUMERIC = ((2, 0), *((3 + j, c) for j in range(len(STRUCTURES)) for c in (0, 1)))
+
+
+def n_features(fourier: int = 0) -> int:
+    """Features per attribute token: the :data:`N_FEAT` base features plus two sin/cos pairs (volume,
+    percentile) per Fourier frequency."""
+    return N_FEAT + 4 * int(fourier)
 STAT_KEYS: tuple[str, ...] = ("age", *STRUCTURE_KEYS)  # scalars that are z-scored
 
 
@@ -110,14 +122,20 @@ def _z(v, mean_std) -> float:
     return float(np.clip((float(v) - mean) / std, -5.0, 5.0))
 
 
-def attribute_features(parsed: dict, stats: dict[str, tuple[float, float]]) -> np.ndarray:
-    """(N_ATTR, N_FEAT) float32 features of one parsed caption; missing values -> 0 + a flag.
+def attribute_features(parsed: dict, stats: dict[str, tuple[float, float]], fourier: int = 0) -> np.ndarray:
+    """(N_ATTR, n_features(fourier)) float32 features of one parsed caption; missing values -> 0 + a flag.
 
     Layout per token: modality [T1, T2, PD, FLAIR, missing, 0]; sex [F, M, missing, 0, 0, 0];
     age [z, missing, 0, 0, 0, 0]; structure [volume z, (percentile - 50) / 29, volume missing,
-    percentile missing, large, small].
+    percentile missing, large, small]. With ``fourier`` = F > 0, then for each numeric feature x of the
+    row (age: z; structure: volume z, then percentile) the columns ``sin(w_k x), cos(w_k x)`` for
+    ``w_k = pi * 2**k / 4``, k < F (zeros where x is missing; rows without numbers are zero there).
+
+    >>> f = attribute_features({"age": 60.0}, {"age": (50.0, 10.0)}, fourier=1)
+    >>> f.shape, round(float(f[2, 0]), 3), [round(float(v), 3) for v in f[2, 6:8]]
+    ((15, 10), 1.0, [0.707, 0.707])
     """
-    f = np.zeros((N_ATTR, N_FEAT), dtype=np.float32)
+    f = np.zeros((N_ATTR, n_features(fourier)), dtype=np.float32)
     mod = (parsed.get("modality") or "").upper() or None
     if mod in MODALITIES:
         f[0, MODALITIES.index(mod)] = 1.0
@@ -153,7 +171,37 @@ def attribute_features(parsed: dict, stats: dict[str, tuple[float, float]]) -> n
         q = qual.get(key)
         row[4] = 1.0 if q == "large" else 0.0
         row[5] = 1.0 if q == "small" else 0.0
+    if fourier:
+        _fourier(f, int(fourier))
     return f
+
+
+def _fourier(f: np.ndarray, n: int) -> None:
+    """Fill the Fourier columns of ``f`` in place from its numeric features (missing ones stay 0)."""
+    w = np.pi * 2.0 ** np.arange(n) / 4.0
+    for row, col in _NUMERIC:
+        if f[row, col + 2] or (row == 2 and f[row, 1]):  # the value's missing flag (age: column 1)
+            continue
+        x = float(f[row, col])
+        start = N_FEAT + 2 * n * (col if row > 2 else 0)
+        f[row, start:start + 2 * n] = np.stack([np.sin(w * x), np.cos(w * x)], axis=1).reshape(-1)
+
+
+def missing_features(fourier: int = 0) -> np.ndarray:
+    """(N_ATTR, n_features) features of a caption that gives no attribute at all (each token's
+    "not given" encoding): what :func:`drop_attributes` puts in place of a dropped token."""
+    return attribute_features({}, default_stats(), fourier)
+
+
+def drop_attributes(attrs: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+    """Attribute dropout: each (sample, attribute) token of ``attrs`` (B, N_ATTR, F) is replaced by its
+    "not given" features with probability ``p`` (a training-time augmentation)."""
+    if p <= 0:
+        return attrs
+    fourier = (attrs.shape[-1] - N_FEAT) // 4
+    missing = torch.from_numpy(missing_features(fourier)).to(attrs.dtype)
+    drop = torch.rand(attrs.shape[:2], generator=generator) < p
+    return torch.where(drop[..., None], missing[None].expand_as(attrs), attrs)
 
 
 # ----------------------------------------------------------------------------- module
@@ -166,16 +214,17 @@ class Conditioner(nn.Module):
         max_tokens: fixed number of text tokens (padding included).
         use_text_tokens: include the text path (else its tokens are zero).
         use_attribute_tokens: include the attribute path (else its tokens are zero).
+        n_feat: features per attribute token (:func:`n_features`).
     """
 
     def __init__(self, text_dim: int, context_dim: int, max_tokens: int, *, use_text_tokens: bool = True,
-                 use_attribute_tokens: bool = True):
+                 use_attribute_tokens: bool = True, n_feat: int = N_FEAT):
         super().__init__()
         self.max_tokens = max_tokens
         self.use_text_tokens = use_text_tokens
         self.use_attribute_tokens = use_attribute_tokens
         self.text_proj = nn.Linear(text_dim, context_dim)
-        self.attr_weight = nn.Parameter(torch.randn(N_ATTR, N_FEAT, context_dim) * (1.0 / math.sqrt(N_FEAT)))
+        self.attr_weight = nn.Parameter(torch.randn(N_ATTR, n_feat, context_dim) * (1.0 / math.sqrt(n_feat)))
         self.attr_bias = nn.Parameter(torch.randn(N_ATTR, context_dim) * 0.5)
         self.null_context = nn.Parameter(torch.zeros(max_tokens + N_ATTR, context_dim))
         # z-scoring statistics of the training captions (age, structure volumes), saved with the weights
@@ -247,6 +296,7 @@ def encode_captions(captions: Sequence[str], conditioning, device: str = "cpu", 
     parse, parser_name = get_caption_parser()
     parsed = [parse(c) for c in captions]
     stats = compute_stats(parsed)
-    attrs = torch.from_numpy(np.stack([attribute_features(p, stats) for p in parsed]))
+    fourier = conditioning.fourier_features
+    attrs = torch.from_numpy(np.stack([attribute_features(p, stats, fourier) for p in parsed]))
     return {"tokens": torch.cat(toks), "mask": torch.cat(masks), "attrs": attrs, "stats": stats,
             "parser": parser_name, "encoder": te}

@@ -88,6 +88,13 @@ class ConditioningConfig:
         use_attribute_tokens: append structured attribute tokens parsed from the caption.
         caption_dropout: probability of replacing the whole context by the learned null context in
             training (classifier-free guidance, Ho & Salimans 2022).
+        attribute_dropout: probability, per training sample and attribute, of replacing that attribute
+            token by its "not given" features (independent of ``caption_dropout``): the model also learns
+            each attribute's marginal, as it must for captions that omit it.
+        fourier_features: frequency pairs appended to each numeric attribute feature (z-scored age and
+            volume, centred percentile): ``sin``/``cos`` of ``pi * 2**k / 4 * x`` for ``k < fourier_features``
+            (Tancik et al. 2020), so that small differences of a number change the token more than a single
+            linear feature can. 0 (default) keeps the plain linear features.
     """
 
     text_encoder: str | None = None
@@ -96,6 +103,8 @@ class ConditioningConfig:
     use_text_tokens: bool = True
     use_attribute_tokens: bool = True
     caption_dropout: float = 0.15
+    attribute_dropout: float = 0.0
+    fourier_features: int = 0
 
 
 @dataclass

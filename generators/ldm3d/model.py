@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from generators.common.networks import LatentDiffusionModule, build_autoencoder, build_unet, make_scheduler
-from generators.ldm3d.conditioning import N_ATTR, Conditioner, attribute_features, get_caption_parser
+from generators.ldm3d.conditioning import N_ATTR, Conditioner, attribute_features, get_caption_parser, n_features
 from generators.ldm3d.config import Ldm3dConfig
 
 __all__ = ["CaptionEncoder", "Ldm3d", "build_model", "make_scheduler"]
@@ -59,7 +59,8 @@ class Ldm3d(LatentDiffusionModule):
                                                       nn.Linear(temb, temb))
         self.conditioner = Conditioner(text_dim, cond.context_dim, cond.max_tokens,
                                        use_text_tokens=cond.use_text_tokens,
-                                       use_attribute_tokens=cond.use_attribute_tokens)
+                                       use_attribute_tokens=cond.use_attribute_tokens,
+                                       n_feat=n_features(cond.fourier_features))
         self.register_buffer("latent_scale", torch.ones(()))
 
     # ------------------------------------------------------------------ diffusion
@@ -98,6 +99,7 @@ class CaptionEncoder:
         self.stats = stats
         self.parse, self.parser_name = get_caption_parser()
         self.max_tokens = cond.max_tokens
+        self.fourier = cond.fourier_features
 
     def parse_all(self, texts: Sequence[str]) -> list[dict]:
         return [self.parse(t) for t in texts]
@@ -106,7 +108,7 @@ class CaptionEncoder:
         parsed = self.parse_all(texts)
         if not parsed:
             return torch.zeros((0, 0, 0))
-        return torch.from_numpy(np.stack([attribute_features(p, self.stats) for p in parsed]))
+        return torch.from_numpy(np.stack([attribute_features(p, self.stats, self.fourier) for p in parsed]))
 
     def __call__(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         texts = list(texts)

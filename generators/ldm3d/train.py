@@ -46,7 +46,7 @@ from generators.common.training import (atomic_torch_save, checkpoint_meta, diff
                                         recent_mean, record_step, resolve_cohort, restore_diffusion_state,
                                         stage_deadline, step_rng, train_autoencoder_stage, write_curve)
 from generators.ldm3d.checkpoint import save_checkpoint
-from generators.ldm3d.conditioning import encode_captions
+from generators.ldm3d.conditioning import drop_attributes, encode_captions, n_features
 from generators.ldm3d.config import Ldm3dConfig, load_config
 from generators.ldm3d.model import Ldm3d, build_model, make_scheduler
 
@@ -213,7 +213,8 @@ class Trainer:
         if path.exists():
             c = load_state(path)
             if c.get("ae_step") == ae_step and c.get("ids") == ids and \
-                    c.get("max_tokens") == self.config.conditioning.max_tokens:
+                    c.get("max_tokens") == self.config.conditioning.max_tokens and \
+                    c["attrs"].shape[-1] == n_features(self.config.conditioning.fourier_features):
                 return c
         vols = self._volumes()
         logger.info("encoding %d train volumes once (autoencoder step %d)", len(ids), ae_step)
@@ -305,8 +306,9 @@ class Trainer:
                 noise = torch.randn(z.shape, generator=g)
                 t = torch.randint(0, T, (b,), generator=g)
                 drop = torch.rand(b, generator=g) < p_drop
+                a = drop_attributes(attrs[idx], self.config.conditioning.attribute_dropout, g)  # no draw at 0
                 x_t = self.scheduler.add_noise(z, noise, t)
-                ctx = model.conditioner(tokens[idx].float(), mask[idx], attrs[idx], drop)
+                ctx = model.conditioner(tokens[idx].float(), mask[idx], a, drop)
                 pred = model.net(x_t, t, ctx)
                 v_target = self.config.prediction == "v"
                 target = self.scheduler.get_velocity(z, noise, t) if v_target else noise

@@ -73,7 +73,8 @@ class Slice2dGenerator:
     def contexts(self, texts: Sequence[str]) -> torch.Tensor:
         tokens, mask = self.text.encode_tokens(list(texts))
         stats = self.model.conditioner.stats()
-        attrs = torch.from_numpy(np.stack([self._attr(self.parse(t), stats) for t in texts]))
+        fourier = self.model.config.conditioning.fourier_features
+        attrs = torch.from_numpy(np.stack([self._attr(self.parse(t), stats, fourier) for t in texts]))
         return self.model.conditioner(tokens.to(self.device), mask.to(self.device), attrs.to(self.device))
 
     @torch.no_grad()

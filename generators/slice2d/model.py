@@ -23,7 +23,7 @@ import torch
 from generators.common.checkpoint import load_weights, read_checkpoint_metadata, save_checkpoint_file
 from generators.common.config import LatentDiffusionConfig, build, load_yaml
 from generators.common.networks import LatentDiffusionModule, build_autoencoder, build_unet, make_scheduler, v_to_eps
-from generators.ldm3d.conditioning import Conditioner
+from generators.ldm3d.conditioning import Conditioner, n_features
 from generators.ldm3d.config import (AutoencoderConfig, ConditioningConfig, SchedulerConfig, TrainingConfig,
                                      UNetConfig)
 
@@ -122,7 +122,8 @@ class Slice2d(LatentDiffusionModule):
         self.unet = build_unet(2, config, "slice2d", num_class_embeds=self.n_slices)
         self.conditioner = Conditioner(text_dim, cond.context_dim, cond.max_tokens,
                                        use_text_tokens=cond.use_text_tokens,
-                                       use_attribute_tokens=cond.use_attribute_tokens)
+                                       use_attribute_tokens=cond.use_attribute_tokens,
+                                       n_feat=n_features(cond.fourier_features))
         self.register_buffer("latent_scale", torch.ones(()))
 
     # ------------------------------------------------------------------ slicing

@@ -31,7 +31,7 @@ from generators.common.training import (atomic_torch_save, checkpoint_meta, diff
                                         ema_copies, export_model, live_modules, load_state, progress_bar,
                                         recent_mean, resolve_cohort, restore_diffusion_state, stage_deadline,
                                         step_rng, train_autoencoder_stage, write_curve)
-from generators.ldm3d.conditioning import encode_captions
+from generators.ldm3d.conditioning import drop_attributes, encode_captions
 from generators.slice2d.model import Slice2d, Slice2dConfig, load_config, make_scheduler, save_checkpoint
 
 __all__ = ["Trainer", "main", "train"]
@@ -129,7 +129,8 @@ class Trainer:
                 noise = torch.randn(z.shape, generator=g)
                 t = torch.randint(0, T, (len(idx),), generator=g)
                 drop = torch.rand(len(idx), generator=g) < self.config.conditioning.caption_dropout
-                ctx = model.conditioner(c["tokens"][subj].float(), c["mask"][subj], c["attrs"][subj], drop)
+                attrs = drop_attributes(c["attrs"][subj], self.config.conditioning.attribute_dropout, g)
+                ctx = model.conditioner(c["tokens"][subj].float(), c["mask"][subj], attrs, drop)
                 target = self.scheduler.get_velocity(z, noise, t) if self.config.prediction == "v" else noise
                 loss = F.mse_loss(model.eps(self.scheduler.add_noise(z, noise, t), t, ctx, sl), target)
                 step = diffusion_update(opt, loss, params, step, dcfg, cfg.grad_clip, ema, live)
