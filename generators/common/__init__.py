@@ -5,7 +5,7 @@ Submodules (import them directly; nothing heavy is imported here):
 * :mod:`generators.common.config`: dataclass-from-dict builder that refuses unknown keys, YAML loading,
   the validation and derived sizes of the shared config sections.
 * :mod:`generators.common.checkpoint`: safetensors checkpoints with JSON metadata in the header (atomic,
-  mode 0644, optional float16 storage) and the architecture-mismatch check.
+  mode from the umask, optional float16 storage) and the architecture-mismatch check.
 * :mod:`generators.common.networks`: MONAI autoencoder / UNet construction, the DDPM scheduler and the
   latent padding / scaling shared by both models.
 * :mod:`generators.common.training`: resumable-training helpers (atomic ``torch.save``, ``weights_only``

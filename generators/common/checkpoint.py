@@ -3,7 +3,7 @@
 A checkpoint is one ``.safetensors`` file: the model's state dict (float32, or float16 for the shipped
 copy) plus, under one header key (``ldm3d`` / ``slice2d``), a JSON object with the config, the grid, the
 latent scale, the parameter counts and the caller's provenance. Files are written atomically (temporary
-file + rename) with mode 0644. Loading checks every tensor's presence and shape against the architecture
+file + rename; the mode follows the umask, like any file the tool writes). Loading checks every tensor's presence and shape against the architecture
 the stored config describes before loading; nothing is unpickled.
 """
 

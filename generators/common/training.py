@@ -24,7 +24,7 @@ from core.io import atomic_write
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file, mode 0644, renamed to ``path`` (never a half-written state)."""
+    """``torch.save`` to a temporary file (mode from the umask), renamed to ``path`` (never a half-written state)."""
     atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
 
 

@@ -48,7 +48,7 @@ class LoadedCheckpoint:
 
 
 def save_checkpoint(model: Ldm3d, path: str | Path, meta: dict, *, half: bool = False) -> str:
-    """Write ``model`` + ``meta`` atomically (temp file + rename, mode 0644); returns the file's sha256.
+    """Write ``model`` + ``meta`` atomically (temp file + rename, mode from the umask); returns the file's sha256.
 
     Args:
         model: the network (all of autoencoder, UNet, conditioner, latent scale).

@@ -163,7 +163,7 @@ def _keep_float32(key: str) -> bool:
 
 
 def save_checkpoint(model: Slice2d, path: str | Path, meta: dict, *, half: bool = True) -> str:
-    """Weights + JSON metadata in one safetensors file (atomic, mode 0644); returns its sha256.
+    """Weights + JSON metadata in one safetensors file (atomic, mode from the umask); returns its sha256.
 
     Args:
         model: the network.
