@@ -1,8 +1,9 @@
 """What the command line prints: log format and level, and each warning once.
 
-``--quiet`` shows warnings and errors only, ``--verbose`` debug messages. A warning repeated with the
-same text (the same resampling note for every file of a folder, a library warning raised per shard)
-is printed the first time only; Python ``warnings`` go through the same path.
+``--quiet`` shows warnings and errors only, ``--verbose`` debug messages. A message repeated with the
+same text (the same resampling note for every file of a folder, a library warning raised per shard,
+a metric's configuration note per pair of volumes) is printed the first time only; Python
+``warnings`` go through the same path.
 """
 
 from __future__ import annotations
@@ -14,16 +15,15 @@ __all__ = ["OnceFilter", "setup_logging"]
 
 
 class OnceFilter(logging.Filter):
-    """Drops a warning (or error) whose logger and text were already emitted; other levels pass."""
+    """Drops a message whose logger, level and text were already emitted (a note repeated per shard or
+    per pair of volumes says nothing new the second time)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.seen: set[tuple[str, str]] = set()
+        self.seen: set[tuple[str, int, str]] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
-            return True
-        key = (record.name, record.getMessage())
+        key = (record.name, record.levelno, record.getMessage())
         if key in self.seen:
             return False
         self.seen.add(key)

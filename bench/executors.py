@@ -27,7 +27,7 @@ import logging
 import time
 from typing import Any, Callable, Sequence
 
-from bench.progress import Progress
+from core.progress import Progress
 from core.errors import InputError
 
 log = logging.getLogger("braingenbench.executors")

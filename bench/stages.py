@@ -30,7 +30,7 @@ from bench import registry
 from bench.cache import FeatureCache
 from bench.executors import Executor, make_executor
 from bench.memory import release_free_memory
-from bench.progress import Progress
+from core.progress import Progress
 from bench.prompts import PromptSet, own_prompt_set, suite_prompt_set
 from bench.records import SCHEMA_VERSION, environment, validate_record
 from bench.suite import Suite

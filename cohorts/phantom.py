@@ -50,6 +50,7 @@ from cohorts.phantom_render import (_ATROPHY_STEPS, _SS_STEPS, _STRUCTURE_KEYS, 
                                     _upsample2, _Workspace, _workspace, block_mean, synthesize, workspace,
                                     working_factor, working_grid)
 from cohorts.subject import Cohort, Subject, save_nifti
+from core.progress import Progress
 
 #: every name importable from ``cohorts.phantom``: the cohort builder and, re-exported, the physics
 #: (:mod:`cohorts.phantom_params`) and synthesis (:mod:`cohorts.phantom_render`) it is built from
@@ -187,11 +188,7 @@ class PhantomCohort:
             logger.info("%s: reusing %d finished subject(s), building %d", out, len(metas), len(todo))
         tasks = [(str(out), g.name, seed, i, home_s) for i in todo]
         t0 = time.perf_counter()
-        bar = None
-        if not quiet and tasks:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(tasks), desc=f"phantom {g.name}", unit="subject")
+        bar = Progress(f"phantom {g.name}", len(tasks), unit="subject", quiet=quiet) if tasks else None
         try:
             if workers <= 1 or len(tasks) <= 1:
                 for t in tasks:

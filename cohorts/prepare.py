@@ -37,6 +37,7 @@ from cohorts.datasets import DatasetError, RawSubject, get_loader
 from cohorts.grid import Grid, get_grid
 from cohorts.subject import Cohort, CohortError, Subject, save_nifti
 from core.io import atomic_write
+from core.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -257,11 +258,7 @@ def prepare_cohort(dataset: str, raw_dir: str | Path, out: str | Path | None = N
                 logger.warning("%s: %s", s.session_id, n)
         threads = 1 if workers > 1 else 0
         tasks = [(s, str(out), g.name, options, spec, info.name, threads) for s in todo]
-        bar = None
-        if tasks and not quiet:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(tasks), desc=f"prepare {info.name} {g.name}", unit="session")
+        bar = Progress(f"prepare {info.name} {g.name}", len(tasks), unit="session", quiet=quiet) if tasks else None
 
         def collect(rec: dict) -> None:
             for line in rec.pop("log", []):

@@ -58,3 +58,16 @@ def test_same_seed_same_volume_other_seed_other_volume(generator):
     c = generator.generate(prompts, seed=6).volumes
     np.testing.assert_array_equal(a, b)
     assert np.abs(a - c).mean() > 1e-3
+
+
+def test_loading_the_shipped_checkpoint_warns_about_nothing(caplog):
+    """Its stored caption-parser name predates the module move (bench.data -> cohorts): not a mismatch."""
+    import logging
+
+    from generators.ldm3d.checkpoint import read_metadata
+    from generators.ldm3d.generator import Ldm3dGenerator
+
+    assert read_metadata(SHIPPED)["caption_parser"] == "bench.data.captions.parse_caption"
+    with caplog.at_level(logging.WARNING):
+        Ldm3dGenerator(GeneratorContext(cohort=None, grid=get_grid("3mm"), quiet=True))
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text

@@ -288,7 +288,7 @@ def test_atomic_writes_honour_the_umask(tmp_path, umask, mode):
     assert json.loads((tmp_path / "r.json").read_text()) == {"a": None}  # strict JSON: NaN -> null
 
 
-def test_each_warning_is_printed_once():
+def test_each_message_is_printed_once():
     import io
     import logging
     import warnings
@@ -309,7 +309,7 @@ def test_each_warning_is_printed_once():
             logging.captureWarnings(True)  # inside the test's own warnings context
             for _ in range(3):
                 log.warning("resampling %s", "s0.nii.gz")
-                log.info("progress line")  # below --quiet's level
+                log.info("a note")  # below --quiet's level
                 warnings.warn("a library warning", UserWarning, stacklevel=1)
             log.warning("resampling %s", "s1.nii.gz")
     finally:
@@ -319,4 +319,35 @@ def test_each_warning_is_printed_once():
     lines = stream.getvalue().splitlines()
     assert sum("resampling s0.nii.gz" in ln for ln in lines) == 1 and sum("s1.nii.gz" in ln for ln in lines) == 1
     assert sum("UserWarning: a library warning" in ln for ln in lines) == 1
-    assert not any("progress" in ln for ln in lines)
+    assert not any("a note" in ln for ln in lines)
+    stream = io.StringIO()  # not quiet: an info line repeated per shard is shown once too
+    try:
+        setup_logging(stream=stream)
+        for _ in range(3):
+            logging.getLogger("bgb_once_test").info("MS-SSIM at shape %s: 4 scales", (48, 64, 56))
+        logging.getLogger("bgb_once_test").info("progress: %d/%d", 2, 13)
+    finally:
+        logging.captureWarnings(False)
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    lines = stream.getvalue().splitlines()
+    assert sum("MS-SSIM at shape" in ln for ln in lines) == 1 and sum("progress: 2/13" in ln for ln in lines) == 1
+
+
+def test_progress_is_log_lines_without_carriage_returns_when_not_a_terminal(caplog):
+    import io
+    import logging
+
+    from core.progress import Progress
+
+    stream = io.StringIO()  # not a terminal: no bar
+    with caplog.at_level(logging.INFO, logger="braingenbench.progress"):
+        with Progress("phantom 3mm", 3, unit="subject", every=0.0, stream=stream) as p:
+            for _ in range(3):
+                p.update()
+        with Progress("quiet stage", 3, quiet=True, every=0.0, stream=stream) as q:
+            q.update()
+    assert stream.getvalue() == ""
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("phantom 3mm: 1/3 subjects (33%)") and "left" in lines[0]
+    assert lines[-1].startswith("phantom 3mm: 3/3 subjects (100%)") and len(lines) == 3

@@ -69,6 +69,19 @@ def get_caption_parser() -> tuple[Callable[[str], dict], str]:
         return fallback_parse_caption, "generators.ldm3d.conditioning.fallback_parse_caption"
 
 
+#: earlier names of the same caption parser (the module moved; checkpoints store the name they were trained with)
+PARSER_ALIASES = {"bench.data.captions.parse_caption": "cohorts.captions.parse_caption"}
+
+
+def same_parser(stored: str, current: str) -> bool:
+    """Whether a checkpoint's stored caption-parser name is the parser in use (moved modules included).
+
+    >>> same_parser("bench.data.captions.parse_caption", "cohorts.captions.parse_caption")
+    True
+    """
+    return PARSER_ALIASES.get(stored, stored) == PARSER_ALIASES.get(current, current)
+
+
 _NUM = r"(\d+(?:\.\d+)?)"
 
 

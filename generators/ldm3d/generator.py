@@ -18,6 +18,7 @@ import torch
 
 from generators.base import GenerationOutput, GeneratorContext, Prompt, seed_for
 from generators.ldm3d.checkpoint import SHIPPED, CheckpointError, load_checkpoint
+from generators.ldm3d.conditioning import same_parser
 from generators.ldm3d.model import CaptionEncoder
 from generators.ldm3d.sampling import SCHEDULERS, sample_latents
 
@@ -64,7 +65,7 @@ class Ldm3dGenerator:
         self.alphas_cumprod = self.model.alphas_cumprod
         self.captions = CaptionEncoder(self.model.config, self.model.conditioner.stats(), self.device)
         stored_parser = self.meta.get("caption_parser")
-        if stored_parser and stored_parser != self.captions.parser_name:
+        if stored_parser and not same_parser(stored_parser, self.captions.parser_name):
             logger.warning("%s was trained with caption parser %s but %s is in use now", self.checkpoint_path,
                            stored_parser, self.captions.parser_name)
         fp = self.meta.get("text_encoder", {}).get("fingerprint")
