@@ -64,6 +64,7 @@ class RunState:
     t_start: float = field(default_factory=time.perf_counter)
     cohort: Cohort | None = None
     generator: Any = None
+    generator_info: dict = field(default_factory=dict)  # info() once: the folder adapter hashes every sample file
     gen_args: dict = field(default_factory=dict)
     metrics: list = field(default_factory=list)  # [(suite metric spec, metric)]
     run_id: str = ""
@@ -130,7 +131,8 @@ class Setup(Stage):
                                cache_dir=home_cache("generators"), quiet=cfg.quiet)
         state.generator, state.gen_args = build_generator(cfg.generator, cfg.generator_args, ctx)
         state.metrics = metrics
-        state.run_id = run_id_for(cfg, suite, state.gen_args, state.reference, state.generator.info(),
+        state.generator_info = to_jsonable(state.generator.info())
+        state.run_id = run_id_for(cfg, suite, state.gen_args, state.reference, state.generator_info,
                                   state.cohort.content_hash, display_name(state.generator, cfg.generator))
         state.run_dir = Path(cfg.out) / state.run_id
         if state.run_dir.exists() and not cfg.resume:
@@ -359,7 +361,7 @@ class Record(Stage):
                         if r.get("value") is None and (r.get("details") or {}).get("error"))
         state.timings["total"] = time.perf_counter() - state.t_start
         generator = {"name": registry.generators.entry(cfg.generator).name, "args": state.gen_args,
-                     "info": to_jsonable(state.generator.info())}
+                     "info": state.generator_info}
         shown = display_name(state.generator, cfg.generator)
         if shown != generator["name"]:
             generator["display_name"] = shown
