@@ -35,6 +35,10 @@ def _add_run(sub) -> None:
                    help="Ray cluster address (e.g. auto, host:6379, ray://host:10001); default: a private local cluster")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="reuse what an earlier identical run finished (default) or start over")
+    p.add_argument("--heap", default="bounded", choices=["trim", "bounded"],
+                   help="memory policy: 'bounded' fixes glibc's mmap threshold at 1 MiB (flat memory, slower "
+                        "torch); 'trim' keeps glibc's threshold and trims the heap after every task "
+                        "(docs/scaling.md)")
     p.add_argument("--strict", action="store_true",
                    help="exit 1 when a metric failed (the record is still written, with status 'partial')")
 
@@ -261,7 +265,7 @@ def _cmd_run(args) -> int:
     cfg = RunConfig(generator=args.generator, suite=args.suite, generator_args=parse_kv(args.generator_args),
                     extractor_args=parse_kv(args.extractor_args), reference=args.reference, out=args.out,
                     seed=args.seed, limit=args.limit, device=args.device, resume=args.resume, quiet=args.quiet,
-                    executor=args.executor, ray_address=args.ray_address)
+                    executor=args.executor, ray_address=args.ray_address, heap=args.heap)
     cfg.check()
     path = run(cfg)
     rec = load_record(path)

@@ -27,6 +27,7 @@ import logging
 import time
 from typing import Any, Callable, Sequence
 
+from bench.memory import release_free_memory
 from core.progress import Progress
 from core.errors import InputError
 
@@ -121,6 +122,7 @@ class LocalExecutor(Executor):
         for attempt in range(self.max_retries + 1):
             try:
                 out = with_store(fn, self.store)(item)
+                release_free_memory()  # what the task freed goes back to the OS (bench.memory)
                 break
             except (KeyboardInterrupt, SystemExit, MemoryError, InputError):
                 raise  # an InputError is deterministic: a retry would fail the same way
@@ -154,7 +156,9 @@ def _ray_call(fn, item):
     # a Ray worker process keeps what its tasks built for its own lifetime (the cluster's, not the run's)
     store = _ray_call.__dict__.setdefault("store", {})
     try:
-        return with_store(fn, store)(item)
+        out = with_store(fn, store)(item)
+        release_free_memory()
+        return out
     except InputError as e:
         return _RemoteInputError(str(e))
 

@@ -21,6 +21,7 @@ import sys
 
 log = logging.getLogger("braingenbench.memory")
 
+HEAP_POLICIES = ("trim", "bounded")  # see apply_heap_policy
 MMAP_THRESHOLD = 1 << 20  # bytes; arrays at least this large are mmapped and unmapped on free
 COMPUTE_MMAP_THRESHOLD = 32 << 20  # glibc's own ceiling for its dynamic threshold (64-bit)
 _M_MMAP_THRESHOLD = -3  # mallopt parameter (malloc.h)
@@ -53,6 +54,28 @@ def bound_heap_growth(threshold: int = MMAP_THRESHOLD) -> bool:
     if not ok:
         log.debug("mallopt(M_MMAP_THRESHOLD) was refused; memory may creep with the number of shards")
     return ok
+
+
+def apply_heap_policy(policy: str) -> bool:
+    """Put a run's heap policy in force in this process (and the processes it starts from now on).
+
+    ``trim``: glibc's own dynamic mmap threshold; the executor returns free heap pages to the OS after
+    every task and the runner after every metric (:func:`release_free_memory`). ``bounded``: the
+    threshold is fixed at :data:`MMAP_THRESHOLD` (:func:`bound_heap_growth`), so volume-sized arrays
+    are unmapped when freed, at the cost of zero-filling every large allocation anew. Returns whether a
+    threshold was set.
+    """
+    check_heap_policy(policy)
+    return bound_heap_growth() if policy == "bounded" else False
+
+
+def check_heap_policy(policy: str) -> None:
+    """Raise ``ValueError`` (naming the policies) unless ``policy`` is one of :data:`HEAP_POLICIES`."""
+    if policy not in HEAP_POLICIES:
+        from core.names import did_you_mean
+
+        raise ValueError(f"unknown heap policy {policy!r}{did_you_mean(policy, HEAP_POLICIES, 1)} "
+                         f"(available: {', '.join(HEAP_POLICIES)})")
 
 
 def release_free_memory() -> None:

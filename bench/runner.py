@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import registry
-from bench.memory import bound_heap_growth
+from bench.memory import check_heap_policy
 from bench.stages import SHARD, RunState, resolve_cohort
 from bench.suite import Suite, load_suite
 from bench.tasks import stages_for
@@ -60,11 +60,13 @@ class RunConfig:
     quiet: bool = False
     executor: str = "local"
     ray_address: str | None = None
+    heap: str = "bounded"
 
     def check(self) -> None:
         """Reject values no run can use, before any work."""
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be >= 1 (the number of prompts to use), got {self.limit}")
+        check_heap_policy(self.heap)
 
 
 def code_fingerprint() -> str:
@@ -103,7 +105,6 @@ def run(cfg: RunConfig) -> Path:
     """Run a suite against a generator: the stages of the suite's task, in order. Returns the path of
     ``record.json``."""
     cfg.check()
-    bound_heap_growth()  # before any volume is allocated (see bench.memory)
     suite = load_suite(cfg.suite)
     state = RunState(cfg=cfg, suite=suite, seed=cfg.seed if cfg.seed is not None else suite.seed,
                      device=resolve_device(cfg.device))

@@ -29,7 +29,7 @@ import numpy as np
 from bench import registry
 from bench.cache import FeatureCache
 from bench.executors import Executor, make_executor
-from bench.memory import release_free_memory
+from bench.memory import apply_heap_policy, release_free_memory
 from core.progress import Progress
 from bench.prompts import PromptSet, own_prompt_set, suite_prompt_set
 from bench.records import SCHEMA_VERSION, environment, validate_record
@@ -127,6 +127,10 @@ class Setup(Stage):
         t = time.perf_counter()
         state.cohort = resolve_cohort(state.reference, suite.grid, state.reference_args, cfg.quiet)
         state.timings["cohort"] = time.perf_counter() - t
+        # after the cohort: a build runs in its own short-lived processes, which the 1 MiB threshold of the
+        # 'bounded' policy would slow by ~30 % (each volume-sized array zero-filled anew); the policy is for
+        # the streaming stages that follow (bench.memory)
+        apply_heap_policy(cfg.heap)
         ctx = GeneratorContext(cohort=state.cohort, grid=suite.grid, device=state.device,
                                cache_dir=home_cache("generators"), quiet=cfg.quiet)
         state.generator, state.gen_args = build_generator(cfg.generator, cfg.generator_args, ctx)
@@ -205,7 +209,7 @@ class Produce(Stage):
     def run(self, state: RunState) -> None:
         cfg, suite = state.cfg, state.suite
         spec = GeneratorSpec(registry.generators.canonical(cfg.generator), state.gen_args, state.reference,
-                             state.reference_args, suite.grid.name, cfg.device)
+                             state.reference_args, suite.grid.name, cfg.device, cfg.heap)
         state.executor.store[spec.key] = state.generator  # the local executor reuses the generator built above
         state.generated = generate_shards(state.executor, spec, state.prompt_set.prompts, state.seed, suite.grid,
                                           state.run_dir / "samples")
@@ -228,7 +232,8 @@ class EvaluationData(Stage):
         brain_mask = cohort.brain_mask()
         state.pool = ExtractorPool(state.device, cfg.extractor_args, FeatureCache(), suite.grid, brain_mask)
         # workers resolve the requested device themselves (a GPU worker under a CPU-only driver uses its GPU)
-        pool_spec = PoolSpec(cfg.device, cfg.extractor_args, suite.grid.name, brain_mask, state.pool.cache.root)
+        pool_spec = PoolSpec(cfg.device, cfg.extractor_args, suite.grid.name, brain_mask, state.pool.cache.root,
+                             cfg.heap)
         state.executor.store[pool_spec.key] = state.pool  # the local executor reuses this pool
         volume_sets = {"generated": state.generated, "reference": CohortVolumes(cohort, ps.reference, SHARD),
                        "floor": CohortVolumes(cohort, ps.floor, SHARD),

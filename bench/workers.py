@@ -18,7 +18,7 @@ import numpy as np
 from bench import registry
 from bench.args import bind_args, parameters
 from bench.cache import FeatureCache
-from bench.memory import bound_heap_growth, compute_allocation
+from bench.memory import apply_heap_policy, compute_allocation
 from cohorts.grid import Grid, get_grid
 from core.io import array_key, hash_obj, home_cache
 from core.runfiles import write_shard
@@ -120,8 +120,10 @@ class PoolSpec:
     """What a worker needs to build an extractor pool identical to the driver's (picklable; the key is
     computed once, on the driver)."""
 
-    def __init__(self, device: str, extractor_args: dict, grid: str, brain_mask: np.ndarray | None, cache_root: Path):
+    def __init__(self, device: str, extractor_args: dict, grid: str, brain_mask: np.ndarray | None, cache_root: Path,
+                 heap: str = "bounded"):
         self.device, self.extractor_args, self.grid, self.cache_root = device, dict(extractor_args), grid, str(cache_root)
+        self.heap = heap  # the run's heap policy (bench.memory); not part of the key: it changes no number
         self.mask_shape = None if brain_mask is None else tuple(brain_mask.shape)
         self.packed_mask = None if brain_mask is None else np.packbits(brain_mask)
         mask_hash = None if brain_mask is None else array_key(self.packed_mask)
@@ -129,7 +131,7 @@ class PoolSpec:
 
     def build(self, store: dict) -> ExtractorPool:
         if self.key not in store:
-            bound_heap_growth()
+            apply_heap_policy(self.heap)  # a worker on another node did not inherit the driver's setting
             mask = None if self.packed_mask is None else \
                 np.unpackbits(self.packed_mask)[:int(np.prod(self.mask_shape))].reshape(self.mask_shape).astype(bool)
             store[self.key] = ExtractorPool(resolve_device(self.device), self.extractor_args,
@@ -140,9 +142,10 @@ class PoolSpec:
 class GeneratorSpec:
     """What a worker needs to build the run's generator: (name, args, cohort, grid, device)."""
 
-    def __init__(self, name: str, args: dict, reference: str, reference_args: dict, grid: str, device: str):
+    def __init__(self, name: str, args: dict, reference: str, reference_args: dict, grid: str, device: str,
+                 heap: str = "bounded"):
         self.name, self.args, self.reference, self.reference_args = name, dict(args), reference, dict(reference_args)
-        self.grid, self.device = grid, device
+        self.grid, self.device, self.heap = grid, device, heap  # heap: not part of the key (changes no number)
         self.cls = registry.generators.get(name)  # pickled by reference: plugins and run-time registrations work
 
     @property
@@ -154,7 +157,7 @@ class GeneratorSpec:
         if self.key not in store:
             from bench.stages import resolve_cohort
 
-            bound_heap_growth()  # a worker on another node did not inherit the driver's setting
+            apply_heap_policy(self.heap)  # a worker on another node did not inherit the driver's setting
             grid = get_grid(self.grid)
             cohort = resolve_cohort(self.reference, grid, self.reference_args, quiet=True)
             ctx = GeneratorContext(cohort=cohort, grid=grid, device=resolve_device(self.device),

@@ -77,18 +77,19 @@ def _tree_rss(pid: int) -> int:
     return total
 
 
-def measure(grid: str, n: int, executor: str = "local", workdir: Path | None = None) -> dict:
-    """Run the configuration in a subprocess; wall seconds, peak tree RSS (MiB) and the record's timings."""
+def measure(grid: str, n: int, executor: str = "local", workdir: Path | None = None, heap: str = "trim") -> dict:
+    """Run the configuration in a subprocess; wall seconds, peak tree RSS (MiB) and the record's timings.
+    ``heap``: the run's ``--heap`` policy (bench.memory)."""
     own = workdir is None  # a folder made here (feature cache, samples) is removed afterwards
     workdir = Path(workdir or tempfile.mkdtemp(prefix=f"bgb-scale-{grid}-{n}-"))
     try:
-        return _measure(grid, n, executor, workdir)
+        return _measure(grid, n, executor, workdir, heap)
     finally:
         if own:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _measure(grid: str, n: int, executor: str, workdir: Path) -> dict:
+def _measure(grid: str, n: int, executor: str, workdir: Path, heap: str) -> dict:
     from core.io import home
 
     bench_home = workdir / "home"
@@ -103,9 +104,10 @@ def _measure(grid: str, n: int, executor: str, workdir: Path) -> dict:
     for c in shared.iterdir():
         if c.is_dir() and not (bench_home / "cohorts" / c.name).exists():
             os.symlink(c, bench_home / "cohorts" / c.name)
-    env = {**os.environ, "BRAINGENBENCH_HOME": str(bench_home)}
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}  # the run's --heap decides
+    env["BRAINGENBENCH_HOME"] = str(bench_home)
     cmd = [sys.executable, "-m", "bench", "--quiet", "run", "--generator", "template", "--suite", str(suite),
-           "--out", str(workdir / "runs"), "--executor", executor]
+           "--out", str(workdir / "runs"), "--executor", executor, "--heap", heap]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = [0]
@@ -128,7 +130,7 @@ def _measure(grid: str, n: int, executor: str, workdir: Path) -> dict:
     if failed:  # a metric that failed did not do its work: the row would under-state time and memory
         errors = {k: rec["metrics"][k].get("details", {}).get("error") for k in failed}
         raise RuntimeError(f"{grid}:{n}: metrics failed, no row recorded: {errors}")
-    row = {"grid": grid, "n": n, "executor": executor, "wall_s": round(wall, 1),
+    row = {"grid": grid, "n": n, "executor": executor, "heap": heap, "wall_s": round(wall, 1),
            "peak_rss_mib": round(peak[0] / 2**20, 1), "timings": rec["timings"], "n_metrics": len(rec["metrics"]),
            "cpus": os.cpu_count(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -137,13 +139,14 @@ def _measure(grid: str, n: int, executor: str, workdir: Path) -> dict:
     return row
 
 
-CONFIGS = [("3mm", 25, "local"), ("3mm", 50, "local"), ("3mm", 100, "local"), ("3mm", 400, "local"),
-           ("2mm", 100, "local"), ("2mm", 400, "local"), ("3mm", 100, "ray")]
+CONFIGS = [("3mm", 25, "local", "trim"), ("3mm", 50, "local", "trim"), ("3mm", 100, "local", "trim"),
+           ("3mm", 400, "local", "trim"), ("2mm", 100, "local", "trim"), ("2mm", 400, "local", "trim"),
+           ("2mm", 100, "local", "bounded"), ("2mm", 400, "local", "bounded"), ("3mm", 100, "ray", "trim")]
 
 
-@pytest.mark.parametrize("grid,n,executor", CONFIGS, ids=[f"{g}-n{n}-{e}" for g, n, e in CONFIGS])
-def test_scale(benchmark, tmp_path, grid, n, executor):
-    row = benchmark.pedantic(lambda: measure(grid, n, executor, tmp_path), rounds=1, iterations=1)
+@pytest.mark.parametrize("grid,n,executor,heap", CONFIGS, ids=[f"{g}-n{n}-{e}-{h}" for g, n, e, h in CONFIGS])
+def test_scale(benchmark, tmp_path, grid, n, executor, heap):
+    row = benchmark.pedantic(lambda: measure(grid, n, executor, tmp_path, heap), rounds=1, iterations=1)
     benchmark.extra_info.update(row)
 
 
@@ -151,13 +154,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("configs", nargs="+", help="GRID:N, e.g. 3mm:100")
     ap.add_argument("--executor", default="local", choices=["local", "ray"])
+    ap.add_argument("--heap", default="trim", choices=["trim", "bounded"], help="the runs' --heap policy")
     args = ap.parse_args(argv)
-    print(f"{'grid':>5} {'N':>5} {'executor':>8} {'wall s':>8} {'peak MiB':>9}  stages (s)")
+    print(f"{'grid':>5} {'N':>5} {'executor':>8} {'heap':>7} {'wall s':>8} {'peak MiB':>9}  stages (s)")
     for c in args.configs:
         grid, n = c.split(":")
-        r = measure(grid, int(n), args.executor)
+        r = measure(grid, int(n), args.executor, heap=args.heap)
         stages = ", ".join(f"{k} {v:.0f}" for k, v in r["timings"].items() if k != "total")
-        print(f"{grid:>5} {n:>5} {args.executor:>8} {r['wall_s']:>8.1f} {r['peak_rss_mib']:>9.1f}  {stages}", flush=True)
+        print(f"{grid:>5} {n:>5} {args.executor:>8} {args.heap:>7} {r['wall_s']:>8.1f} {r['peak_rss_mib']:>9.1f}  {stages}", flush=True)
     return 0
 
 

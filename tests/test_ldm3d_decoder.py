@@ -119,6 +119,35 @@ def test_decoder_stage_changes_only_the_decoder_and_keeps_the_diffusion_weights(
     assert s2["decoder"]["steps"] == 4 and load_state(out / "state_decoder.pt")["history"][:3] == hist
 
 
+def test_whole_autoencoder_stage_moves_the_encoder_and_the_latents(trained):
+    """``train_encoder``: stage 1b trains encoder and decoder; the exported autoencoder differs from stage 1's
+    on both sides, and the diffusion stage re-encodes (its latent cache is keyed on both stages' steps)."""
+    import shutil
+
+    from generators.common.training import load_state
+    from generators.ldm3d.checkpoint import load_checkpoint
+    from generators.ldm3d.config import ConfigError, Ldm3dConfig
+    from generators.ldm3d.train import train
+
+    d = trained["config"].to_dict()
+    d["training"]["decoder"]["train_encoder"] = True
+    d["training"]["decoder"]["crop"] = 4
+    with pytest.raises(ConfigError, match="crop: 0"):
+        Ldm3dConfig.from_dict(d)
+    d["training"]["decoder"]["crop"] = 0
+    cfg = Ldm3dConfig.from_dict(d)
+    out = trained["root"] / "whole"
+    out.mkdir()
+    shutil.copy(trained["root"] / "base" / "state_autoencoder.pt", out / "state_autoencoder.pt")
+    s = train(trained["cohort"], cfg, out, stage="decoder", quiet=True)
+    assert s["decoder"]["steps"] == 3 and s["decoder"]["done"]
+    stage1 = load_state(out / "state_autoencoder.pt")["autoencoder"]
+    exported = load_checkpoint(out / "autoencoder_only.safetensors").model.autoencoder.state_dict()
+    changed = {k for k in stage1 if not torch.equal(stage1[k], exported[k].to(stage1[k].dtype))}
+    assert any(k.startswith("encoder.") for k in changed) and any(k.startswith("decoder.") for k in changed)
+    assert load_state(out / "latents.pt")["ae_step"] == f"{load_state(out / 'state_autoencoder.pt')['step']}+3"
+
+
 def test_init_from_refuses_another_architecture(trained, tmp_path):
     from generators.ldm3d.config import Ldm3dConfig
     from generators.ldm3d.train import train

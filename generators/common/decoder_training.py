@@ -11,6 +11,10 @@ diffusion UNet already trained on it stays valid and gains the sharper decoder a
 random crops of the cached posterior means (``crop`` latent voxels per side) and the matching image
 crops, which costs a fraction of whole volumes; the networks are fully convolutional.
 
+With ``training.decoder.train_encoder`` the same losses train the whole autoencoder from whole images
+(plus stage 1's KL term), so the encoder too learns to keep what the perceptual and adversarial terms
+ask for. The latent space then moves, and a diffusion stage must be trained on it afterwards.
+
 Losses (per step):
 
 * decoder: ``R + lambda * G`` with ``R = L1 + grad_weight * L1(finite differences) + perceptual_weight * P``,
@@ -142,6 +146,16 @@ def _finite_difference_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return sum(((a.diff(dim=d) - b.diff(dim=d)).abs().mean() for d in spatial), torch.zeros(())) / len(spatial)
 
 
+def _encode_decode(ae: torch.nn.Module, x: torch.Tensor, rng: np.random.Generator
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reconstruction of a posterior sample (noise drawn from ``rng``: resumable runs draw the same) and
+    the KL to the unit Gaussian, summed over latent voxels and averaged over the batch (stage 1's term)."""
+    mu, sigma = ae.encode(x)
+    eps = torch.from_numpy(rng.standard_normal(tuple(mu.shape), dtype=np.float32)).to(mu)
+    kl = 0.5 * (mu.pow(2) + sigma.pow(2) - torch.log(sigma.pow(2) + 1e-12) - 1).sum(dim=tuple(range(1, mu.ndim))).mean()
+    return ae.decode(mu + sigma * eps), kl
+
+
 def _discriminator(channels: int, layers: int, spatial_dims: int) -> torch.nn.Module:
     from monai.networks.nets import PatchDiscriminator
 
@@ -149,14 +163,19 @@ def _discriminator(channels: int, layers: int, spatial_dims: int) -> torch.nn.Mo
                               num_layers_d=layers, norm="INSTANCE")
 
 
-def train_decoder_stage(ae: torch.nn.Module, latents: torch.Tensor, images: torch.Tensor, config: Any,
+def train_decoder_stage(ae: torch.nn.Module, latents: torch.Tensor | None, images: torch.Tensor, config: Any,
                         state_path: Path, curve: Path, *, voxel_size: float, resume: bool,
                         max_minutes: float | None, quiet: bool, logger: Any = None) -> dict:
     """Fine-tune the decoder of ``ae`` (encoder frozen) on (posterior mean, image) pairs; resumable.
 
+    With ``training.decoder.train_encoder`` the whole autoencoder trains instead: each step encodes the
+    (whole) images, decodes a posterior sample and adds stage 1's KL term (``training.autoencoder.kl_weight``)
+    to the reconstruction loss.
+
     Args:
         ae: a trained autoencoder (its decoder is trained in place; left in eval mode).
-        latents: unscaled posterior means of the training images (N, C, *latent spatial).
+        latents: unscaled posterior means of the training images (N, C, *latent spatial); None with
+            ``train_encoder``.
         images: the training images (N, 1, *spatial) in [0, 1].
         config: the top-level config (``training`` and ``training.decoder`` are read).
         state_path: ``OUT/state_decoder.pt`` (autoencoder, discriminator, both optimisers, step, history).
@@ -171,9 +190,13 @@ def train_decoder_stage(ae: torch.nn.Module, latents: torch.Tensor, images: torc
         ``steps``, ``minutes``, ``done`` and the last-100-step means of each loss term.
     """
     cfg, dcfg = config.training, config.training.decoder
-    factor = images.shape[-1] // latents.shape[-1]
-    params = decoder_parameters(ae)
-    last_layer = params[-1] if params[-1].ndim > 1 else params[-2]  # the decoder's output convolution weight
+    whole = bool(getattr(dcfg, "train_encoder", False))
+    if not whole and latents is None:
+        raise ValueError("train_decoder_stage: latents are needed unless training.decoder.train_encoder")
+    factor = 1 if whole else images.shape[-1] // latents.shape[-1]
+    dec = decoder_parameters(ae)
+    last_layer = dec[-1] if dec[-1].ndim > 1 else dec[-2]  # the decoder's output convolution weight
+    params = list(ae.parameters()) if whole else dec
     for p in ae.parameters():
         p.requires_grad_(False)
     for p in params:
@@ -192,7 +215,7 @@ def train_decoder_stage(ae: torch.nn.Module, latents: torch.Tensor, images: torc
         step, elapsed, history = int(st["step"]), float(st["elapsed"]), list(st["history"])
         if logger:
             logger.info("resumed decoder fine-tuning at step %d (%.1f min)", step, elapsed / 60)
-    n = latents.shape[0]
+    n = images.shape[0]
     deadline = stage_deadline(dcfg.max_minutes, elapsed, max_minutes)
     t_start = last_ckpt = time.monotonic()
 
@@ -214,16 +237,20 @@ def train_decoder_stage(ae: torch.nn.Module, latents: torch.Tensor, images: torc
         while step < dcfg.steps and time.monotonic() < deadline:
             rng, _ = step_rng(cfg.seed, 3, step)
             idx = rng.choice(n, size=min(dcfg.batch_size, n), replace=False)
-            z, x = random_crops(latents, images, idx, dcfg.crop, factor, rng)
-            z, x = z.contiguous(memory_format=fmt), x.contiguous(memory_format=fmt)
             if dcfg.min_lr is not None:
                 for group in opt.param_groups:
                     group["lr"] = cosine_lr(dcfg.lr, dcfg.min_lr, step, dcfg.steps)
-            x_hat = ae.decode(z)
+            if whole:
+                x = images[np.sort(idx)].contiguous(memory_format=fmt)
+                x_hat, kl = _encode_decode(ae, x, rng)
+            else:
+                z, x = random_crops(latents, images, idx, dcfg.crop, factor, rng)
+                z, x = z.contiguous(memory_format=fmt), x.contiguous(memory_format=fmt)
+                x_hat, kl = ae.decode(z), torch.zeros(())
             l1 = (x_hat - x).abs().mean()
             gl = _finite_difference_l1(x_hat, x)
             pl = perceptual(x_hat, x) if perceptual is not None else torch.zeros(())
-            rec = l1 + dcfg.grad_weight * gl + dcfg.perceptual_weight * pl
+            rec = l1 + dcfg.grad_weight * gl + dcfg.perceptual_weight * pl + config.training.autoencoder.kl_weight * kl
             adversarial = dcfg.adv_weight > 0 and step >= dcfg.adv_start
             ga, lam = torch.zeros(()), torch.zeros(())
             if adversarial:

@@ -153,7 +153,9 @@ class AutoencoderTraining:
 class DecoderTraining:
     """Optional stage 1b: fine-tune the decoder with perceptual + patch-adversarial losses, encoder frozen
     (:mod:`generators.common.decoder_training`). The latent space is unchanged, so it can also sharpen the
-    decoder of an already trained checkpoint (``train --stage decoder --init-from CHECKPOINT``).
+    decoder of an already trained checkpoint (``train --stage decoder --init-from CHECKPOINT``). With
+    ``train_encoder`` the whole autoencoder trains on these losses (plus stage 1's KL term): the latent
+    space moves, so a diffusion stage must follow.
 
     Attributes:
         steps: optimiser steps (0: no decoder stage).
@@ -171,6 +173,7 @@ class DecoderTraining:
         disc_layers: strided layers of the discriminator (3: 70-voxel patches as in Isola et al. 2017).
         disc_lr: AdamW learning rate of the discriminator.
         max_minutes: wall-time budget of the stage (0 = unlimited).
+        train_encoder: train the encoder too (whole volumes only: ``crop`` must be 0).
     """
 
     steps: int = 0
@@ -187,6 +190,7 @@ class DecoderTraining:
     disc_layers: int = 3
     disc_lr: float = 2.0e-4
     max_minutes: float = 60.0
+    train_encoder: bool = False
 
 
 @dataclass
@@ -285,6 +289,9 @@ class Ldm3dConfig(LatentDiffusionConfig):
         if self.training.diffusion.latents not in ("sample", "mean"):
             raise ConfigError(f"{source}: training.diffusion.latents={self.training.diffusion.latents!r}; "
                               "use 'sample' or 'mean'")
+        if self.training.decoder.train_encoder and self.training.decoder.crop != 0:
+            raise ConfigError(f"{source}: training.decoder.train_encoder needs whole volumes; set "
+                              f"training.decoder.crop: 0 (got {self.training.decoder.crop})")
 
 
 def load_config(path: str | Path) -> Ldm3dConfig:

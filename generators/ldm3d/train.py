@@ -137,7 +137,7 @@ class Trainer:
         in a full checkpoint whose UNet and conditioner are untrained (seeded initialisation; the metadata
         says ``diffusion.steps: 0``). For ``autoencoder_report`` and ``ldm3d-recon`` only: its samples are noise."""
         ae_state = self._load_autoencoder()
-        cache = self.latent_cache(int(ae_state["step"]))
+        cache = self.latent_cache(self._latent_key(ae_state))
         torch.manual_seed(self.config.training.seed)
         export = build_model(self.config, self.cohort.grid.shape, int(cache.get("text_dim", 384)))
         export.autoencoder.load_state_dict(self.model.autoencoder.state_dict())
@@ -166,15 +166,19 @@ class Trainer:
         space, UNet and conditioner are unchanged.
         """
         ae_state = self._load_autoencoder(with_decoder=False)
-        cache = self.latent_cache(int(ae_state["step"]))
+        # the whole autoencoder trains from images (its latents move); the decoder alone from cached latents
+        latents = None if self.config.training.decoder.train_encoder else \
+            self.latent_cache(int(ae_state["step"]))["mu"]
         state = self.out / "state_decoder.pt"
         try:
-            return train_decoder_stage(self.model.autoencoder, cache["mu"], self._volumes(), self.config, state,
+            return train_decoder_stage(self.model.autoencoder, latents, self._volumes(), self.config, state,
                                        self.out / "loss_decoder", voxel_size=self.cohort.grid.voxel_size,
                                        resume=resume, max_minutes=max_minutes, quiet=self.quiet, logger=logger)
         finally:  # also when stopped (Ctrl-C, `kill`): the saved state is exported, as stage 2 does
             if self.init_meta is not None and state.exists():
                 self.export_reused(decoder_summary(load_state(state), self.config.training.decoder))
+            elif state.exists():  # judged (autoencoder_report, ldm3d-recon) before any diffusion
+                self.export_autoencoder()
 
     def export_reused(self, decoder_info: dict) -> Path:
         """The ``--init-from`` checkpoint with this run's decoder (its UNet, conditioner and scale kept)."""
@@ -205,8 +209,16 @@ class Trainer:
         self.model.autoencoder.eval()
         return st
 
+    def _latent_key(self, ae_state: dict) -> int | str:
+        """What the latent space depends on: stage 1's step, and stage 1b's when it trained the encoder too."""
+        key = int(ae_state["step"])
+        decoder = self.out / "state_decoder.pt"
+        if self.config.training.decoder.train_encoder and decoder.exists():
+            return f"{key}+{int(load_state(decoder)['step'])}"
+        return key
+
     @torch.no_grad()
-    def latent_cache(self, ae_step: int) -> dict:
+    def latent_cache(self, ae_step: int | str) -> dict:
         """Posterior mean/std of every train volume + text tokens + attribute features (computed once)."""
         path = self.out / "latents.pt"
         ids = [s.subject_id for s in self.train_subjects]
@@ -217,7 +229,7 @@ class Trainer:
                     c["attrs"].shape[-1] == n_features(self.config.conditioning.fourier_features):
                 return c
         vols = self._volumes()
-        logger.info("encoding %d train volumes once (autoencoder step %d)", len(ids), ae_step)
+        logger.info("encoding %d train volumes once (autoencoder step %s)", len(ids), ae_step)
         mus, sigmas = [], []
         for i in range(0, len(vols), 8):
             mu, sigma = self.model.encode_dist(vols[i:i + 8])
@@ -248,7 +260,8 @@ class Trainer:
         cfg = self.config.training
         dcfg = cfg.diffusion
         ae_state = self._load_autoencoder()
-        cache = self.latent_cache(int(ae_state["step"]))
+        latent_key = self._latent_key(ae_state)
+        cache = self.latent_cache(latent_key)
         model = self.model
         use_mean = dcfg.latents == "mean"
         scale = 1.0 / float(cache["mu"].std()) if use_mean else float(cache["scale"])
@@ -260,10 +273,10 @@ class Trainer:
         ema_modules = ema_copies(live)
         state_path = self.out / "state_diffusion.pt"
         step, elapsed, history = 0, 0.0, []
-        if resume and state_path.exists() and load_state(state_path).get("ae_step") != int(ae_state["step"]):
+        if resume and state_path.exists() and load_state(state_path).get("ae_step") != latent_key:
             logger.warning("%s was trained on latents of another autoencoder state (step %s, now %s); "
                            "starting the diffusion stage from scratch", state_path,
-                           load_state(state_path).get("ae_step"), int(ae_state["step"]))
+                           load_state(state_path).get("ae_step"), latent_key)
             resume = False
         if resume and state_path.exists():
             step, elapsed, history = restore_diffusion_state(load_state(state_path), model, ema_modules, opt)
@@ -283,7 +296,7 @@ class Trainer:
             nonlocal last_ckpt
             minutes = (elapsed0 + time.monotonic() - t_start) / 60
             atomic_torch_save(diffusion_state(model, ema_modules, opt, step, minutes * 60, history, done=done,
-                                              ae_step=int(ae_state["step"])), state_path)
+                                              ae_step=latent_key), state_path)
             write_curve(history, ["step", "time_s", "loss"], self.out / "loss_diffusion", "latent diffusion (MSE)")
             if step > 0:
                 self.export(ema_modules, cache, ae_info, scale, {
@@ -385,7 +398,7 @@ def train(cohort: Cohort, config: Ldm3dConfig, out: str | Path, *, stage: str = 
         init_from: start from this checkpoint (same architecture): its autoencoder counts as stage 1.
     """
     if stage not in (*STAGES, "all"):
-        raise ValueError(f"unknown stage {stage!r}; choose autoencoder, diffusion or all")
+        raise ValueError(f"unknown stage {stage!r}; choose autoencoder, decoder, diffusion or all")
     torch.set_num_threads(config.training.num_threads)
     trainer = Trainer(cohort, config, out, ship=ship, quiet=quiet, init_from=init_from)
     summary: dict = {}
@@ -395,7 +408,8 @@ def train(cohort: Cohort, config: Ldm3dConfig, out: str | Path, *, stage: str = 
         summary["decoder"] = trainer.train_decoder(resume=resume, max_minutes=max_minutes)
     if stage in ("diffusion", "all"):
         summary["diffusion"] = trainer.train_diffusion(resume=resume, max_minutes=max_minutes)
-    summary["checkpoint"] = str(Path(out) / "ldm3d_last.safetensors")
+    full = Path(out) / "ldm3d_last.safetensors"  # absent when only the autoencoder has been trained
+    summary["checkpoint"] = str(full if full.exists() else Path(out) / "autoencoder_only.safetensors")
     return summary
 
 
