@@ -235,5 +235,30 @@ def test_autoencoder_report_measures_the_round_trip(trained, tmp_path):
     assert -1 <= summary["ssim"] <= 1 and summary["sharpness_db"] > 0 and summary["hf_excess_db"] == pytest.approx(
         np.mean([v["hf_excess_db"] for v in summary["per_modality"].values()]), abs=1e-9)
     assert set(summary["per_modality"]) == {s.modality.lower() for s in test}
+    with torch.no_grad():
+        mu, sigma = model.encode_dist(x)
+    snr = (mu.double().var(0).mean((1, 2, 3)) / sigma.double().pow(2).mean(0).mean((1, 2, 3))).numpy()
+    np.testing.assert_allclose(summary["latent_snr_per_channel"], snr, rtol=1e-3, atol=1e-4)
+    assert summary["active_channels"] == int((snr > 1).sum()) and summary["latent_bits"] >= 0
     write_figure(tmp_path / "fig.png", arrays, "tiny")
     assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_latent_usage_separates_a_used_channel_from_a_collapsed_one():
+    """A known response: channel 0 carries the volume's identity (means spread 1, noise 0.1), channel 1
+    sits on the prior (means 0, noise 1)."""
+    from generators.ldm3d.autoencoder_report import latent_usage
+
+    class _Model:
+        def encode_dist(self, x):
+            n = x.shape[0]
+            mu = torch.zeros(n, 2, 2, 2, 2)
+            mu[:, 0] = x[:, 0, 0, 0, 0].view(n, 1, 1, 1)
+            return mu, torch.stack([torch.full((n, 2, 2, 2), 0.1), torch.ones(n, 2, 2, 2)], 1)
+
+    vols = np.zeros((4, 1, 2, 2, 2), np.float32)
+    vols[:, 0, 0, 0, 0] = [-1.5, -0.5, 0.5, 1.5]  # sample variance 5/3
+    u = latent_usage(_Model(), vols, batch=3)
+    assert u["latent_snr_per_channel"] == pytest.approx([(5 / 3) / 0.01, 0.0], rel=1e-6)
+    assert u["active_channels"] == 1
+    assert u["latent_bits"] == pytest.approx(8 * 0.5 * np.log2(1 + (5 / 3) / 0.01), rel=1e-6)  # sigma is float32

@@ -67,3 +67,11 @@ def test_freed_volume_sized_arrays_are_returned_to_the_os():
 def test_unknown_heap_policy_is_rejected_with_a_suggestion():
     with pytest.raises(ValueError, match="did you mean 'trim'"):
         memory.check_heap_policy("trimm")
+
+
+def test_run_config_checks_the_heap_policy_before_any_work():
+    from bench.runner import RunConfig
+
+    RunConfig(generator="template", suite="quick", heap="trim").check()
+    with pytest.raises(ValueError, match="unknown heap policy 'bounde'.*did you mean 'bounded'"):
+        RunConfig(generator="template", suite="quick", heap="bounde").check()

@@ -14,7 +14,12 @@ volumes and per modality:
   themselves (their spread around their own mean), and ``hf_excess_db`` is signed (negative = blur);
 * ``frd``: the Fréchet Radiomics Distance between the reconstructions' and the originals' pyradiomics
   features (z-scored by the originals), with ``frd_floor`` = FRD(validation split, test split), the
-  distance between two real sets of this cohort.
+  distance between two real sets of this cohort;
+* latent usage (:func:`latent_usage`): per latent channel, the signal-to-noise ratio of the posterior
+  (spread of the posterior means over the held-out volumes against the mean posterior variance),
+  ``active_channels`` (SNR > 1) and ``latent_bits`` (Gaussian-channel capacity summed over the latent).
+  A KL term that is too strong collapses channels onto the prior (SNR near 0): the decoder then gets
+  the same latent for every subject in those channels and can only draw the average anatomy.
 
 Usage::
 
@@ -35,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["report", "write_figure", "main"]
+__all__ = ["latent_usage", "report", "write_figure", "main"]
 
 logger = logging.getLogger("generators.ldm3d.autoencoder_report")
 
@@ -70,6 +75,31 @@ def _frd(rec: np.ndarray, orig: np.ndarray, other: np.ndarray, mask: np.ndarray,
             "n_floor": int(len(other))}
 
 
+@torch.no_grad()
+def latent_usage(model, volumes: np.ndarray, batch: int = 8) -> dict:
+    """How much of its latent an autoencoder uses on ``volumes`` (N >= 2).
+
+    Per channel ``c``: ``snr_c = mean_v Var_n(mu[n, c, v]) / mean_v mean_n sigma[n, c, v]^2`` (posterior
+    means over the N volumes against the posterior noise, averaged over latent voxels ``v``); a channel
+    is active when ``snr_c > 1``, the scale-free counterpart of the "active units" of Burda et al. 2016
+    (ICLR, "Importance Weighted Autoencoders"). ``latent_bits`` is ``sum_{c,v} 0.5 log2(1 + Var_n(mu) /
+    mean_n sigma^2)``: what a Gaussian channel with that signal and noise can carry per volume.
+    """
+    if len(volumes) < 2:
+        raise ValueError("latent_usage needs at least 2 volumes (a spread over volumes)")
+    mus, sigmas = [], []
+    for i in range(0, len(volumes), batch):
+        mu, sigma = model.encode_dist(torch.as_tensor(volumes[i:i + batch], dtype=torch.float32))
+        mus.append(mu.double())
+        sigmas.append(sigma.double())
+    mu, sigma = torch.cat(mus), torch.cat(sigmas)
+    signal, noise = mu.var(0), sigma.pow(2).mean(0).clamp_min(1e-12)  # (C, *latent)
+    spatial = tuple(range(1, signal.ndim))
+    snr = (signal.mean(spatial) / noise.mean(spatial)).tolist()
+    return {"latent_snr_per_channel": [round(v, 4) for v in snr], "active_channels": int(sum(v > 1 for v in snr)),
+            "latent_bits": float(0.5 * torch.log2(1 + signal / noise).sum())}
+
+
 def report(checkpoint: str | Path, *, n: int = 100, cohort=None, with_frd: bool = True) -> tuple[dict, dict]:
     """Reconstruct ``n`` held-out volumes with ``checkpoint``'s autoencoder and measure them.
 
@@ -100,6 +130,8 @@ def report(checkpoint: str | Path, *, n: int = 100, cohort=None, with_frd: bool 
     summary: dict = {"checkpoint": Path(checkpoint).name, "sha256": loaded.sha256, "n": len(test),
                      "cohort": cohort.name, "cohort_hash": cohort.content_hash, "voxel_size_mm": voxel}
     summary.update({k: float(np.mean(v)) for k, v in per.items()})
+    if len(test) >= 2:
+        summary.update(latent_usage(loaded.model, orig))
     summary["per_modality"] = {m: {k: float(np.mean(v[[i for i, x in enumerate(mods) if x == m]]))
                                    for k, v in per.items()} for m in sorted(set(mods))}
     if with_frd:
