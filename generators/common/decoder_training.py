@@ -42,8 +42,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from generators.common.training import (atomic_torch_save, cosine_lr, fast_memory_format, load_state, progress_bar,
-                                        recent_mean, record_step, stage_deadline, step_rng, write_curve)
+from generators.common.training import (atomic_torch_save, cosine_lr, fast_memory_format, kl_to_unit_gaussian,
+                                        load_state, progress_bar, recent_mean, record_step, stage_deadline, step_rng,
+                                        write_curve)
 
 __all__ = ["DeepBetPerceptual", "adaptive_weight", "decoder_parameters", "decoder_summary", "random_crops",
            "train_decoder_stage"]
@@ -152,8 +153,7 @@ def _encode_decode(ae: torch.nn.Module, x: torch.Tensor, rng: np.random.Generato
     the KL to the unit Gaussian, summed over latent voxels and averaged over the batch (stage 1's term)."""
     mu, sigma = ae.encode(x)
     eps = torch.from_numpy(rng.standard_normal(tuple(mu.shape), dtype=np.float32)).to(mu)
-    kl = 0.5 * (mu.pow(2) + sigma.pow(2) - torch.log(sigma.pow(2) + 1e-12) - 1).sum(dim=tuple(range(1, mu.ndim))).mean()
-    return ae.decode(mu + sigma * eps), kl
+    return ae.decode(mu + sigma * eps), kl_to_unit_gaussian(mu, sigma)
 
 
 def _discriminator(channels: int, layers: int, spatial_dims: int) -> torch.nn.Module:
@@ -190,7 +190,7 @@ def train_decoder_stage(ae: torch.nn.Module, latents: torch.Tensor | None, image
         ``steps``, ``minutes``, ``done`` and the last-100-step means of each loss term.
     """
     cfg, dcfg = config.training, config.training.decoder
-    whole = bool(getattr(dcfg, "train_encoder", False))
+    whole = bool(dcfg.train_encoder)
     if not whole and latents is None:
         raise ValueError("train_decoder_stage: latents are needed unless training.decoder.train_encoder")
     factor = 1 if whole else images.shape[-1] // latents.shape[-1]

@@ -145,9 +145,15 @@ def autoencoder_loss(ae: torch.nn.Module, x: torch.Tensor, kl_weight: float, gra
     rec, mu, sigma = ae(x)
     spatial = tuple(range(2, x.ndim))
     l1 = (rec - x).abs().mean()
-    kl = 0.5 * (mu.pow(2) + sigma.pow(2) - torch.log(sigma.pow(2) + 1e-12) - 1).sum(dim=(1, *spatial)).mean()
+    kl = kl_to_unit_gaussian(mu, sigma)
     gl = sum(((rec.diff(dim=d) - x.diff(dim=d)).abs().mean() for d in spatial), torch.zeros(())) / len(spatial)
     return l1 + kl_weight * kl + grad_weight * gl, l1, kl, gl
+
+
+def kl_to_unit_gaussian(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, sigma^2) || N(0, 1)) summed over all but the batch axis, averaged over the batch."""
+    kl = 0.5 * (mu.pow(2) + sigma.pow(2) - torch.log(sigma.pow(2) + 1e-12) - 1)
+    return kl.sum(dim=tuple(range(1, mu.ndim))).mean()
 
 
 def fast_memory_format(ndim: int) -> torch.memory_format:
