@@ -25,19 +25,22 @@ class Progress:
         quiet: show nothing.
         every: seconds between log lines when not on a terminal (and a line at the end).
         stream: where a bar goes (default: stderr); a bar only when it is a terminal.
+        initial: steps already done (a resumed stage); the rate and time left count only this run's steps.
     """
 
     def __init__(self, desc: str, total: int, *, unit: str = "task", quiet: bool = False, every: float = 30.0,
-                 stream=None):
+                 stream=None, initial: int = 0):
         self.desc, self.total, self.unit, self.every = desc, int(total), unit, float(every)
-        self.done = 0
+        self.done = self._initial = int(initial)
+        self.postfix: dict[str, str] = {}
         self.quiet = quiet or total <= 0
         stream = stream if stream is not None else sys.stderr
         self._bar = None
         if not self.quiet and getattr(stream, "isatty", lambda: False)():
             from tqdm import tqdm
 
-            self._bar = tqdm(total=self.total, desc=desc, unit=unit, file=stream, leave=False, dynamic_ncols=True)
+            self._bar = tqdm(total=self.total, initial=self.done, desc=desc, unit=unit, file=stream, leave=False,
+                             dynamic_ncols=True, mininterval=1.0)
         self._t0 = self._last = time.monotonic()
 
     def update(self, n: int = 1) -> None:
@@ -50,14 +53,22 @@ class Progress:
             self._last = now
             log.info("%s", self.line())
 
+    def set_postfix(self, **values: str) -> None:
+        """Values shown after the bar, or at the end of the log line (e.g. a running loss)."""
+        self.postfix = {k: str(v) for k, v in values.items()}
+        if self._bar is not None:
+            self._bar.set_postfix(**self.postfix, refresh=False)
+
     def line(self) -> str:
         """``"generate: 3/13 shards (23%), 41 s, ~2.3 min left"``."""
         elapsed = time.monotonic() - self._t0
         pct = 100.0 * self.done / max(self.total, 1)
-        left = elapsed / self.done * (self.total - self.done) if self.done else float("nan")
+        ran = self.done - self._initial
+        left = elapsed / ran * (self.total - self.done) if ran > 0 else float("nan")
         eta = "" if self.done >= self.total or left != left else (
             f", ~{left / 60:.1f} min left" if left >= 90 else f", ~{left:.0f} s left")
-        return f"{self.desc}: {self.done}/{self.total} {self.unit}s ({pct:.0f}%), {elapsed:.0f} s{eta}"
+        post = "".join(f", {k} {v}" for k, v in self.postfix.items())
+        return f"{self.desc}: {self.done}/{self.total} {self.unit}s ({pct:.0f}%), {elapsed:.0f} s{eta}{post}"
 
     def close(self) -> None:
         if self._bar is not None:

@@ -159,6 +159,50 @@ def test_init_from_refuses_another_architecture(trained, tmp_path):
               init_from=trained["base"])
 
 
+def test_diffusion_warm_start_copies_unet_and_conditioner_only(trained, tmp_path):
+    """``init_diffusion_from``: the diffusion stage starts from another checkpoint's UNet and conditioner
+    (here with a zero learning rate, so the exported EMA UNet is the source's), keeps this folder's
+    autoencoder, and names the source in the checkpoint's metadata, also after a resume."""
+    import shutil
+
+    from generators.ldm3d.checkpoint import load_checkpoint, read_metadata
+    from generators.ldm3d.config import Ldm3dConfig
+    from generators.ldm3d.train import train
+
+    d = trained["config"].to_dict()
+    d["training"]["diffusion"]["lr"] = 0.0
+    d["training"]["seed"] = 1  # another initialisation than the source's
+    cfg = Ldm3dConfig.from_dict(d)
+    base = load_checkpoint(trained["base"])
+    unet = {k: v for k, v in base.model.state_dict().items() if k.startswith(("unet.", "conditioner."))}
+
+    def unet_gap(path):
+        sd = load_checkpoint(path).model.state_dict()
+        return max(float((sd[k] - v).abs().max()) for k, v in unet.items())
+
+    for name, init in (("warm", trained["base"]), ("cold", None)):
+        out = tmp_path / name
+        out.mkdir()
+        shutil.copy(trained["root"] / "base" / "state_autoencoder.pt", out / "state_autoencoder.pt")
+        train(trained["cohort"], cfg, out, stage="diffusion", quiet=True, init_diffusion_from=init)
+    assert unet_gap(tmp_path / "warm" / "ldm3d_last.safetensors") < 1e-6
+    assert unet_gap(tmp_path / "cold" / "ldm3d_last.safetensors") > 1e-2
+    meta = read_metadata(tmp_path / "warm" / "ldm3d_last.safetensors")
+    assert meta["training"]["diffusion"]["init_from"] == {"file": "ldm3d_last.safetensors", "sha256": base.sha256}
+    assert "init_from" not in read_metadata(tmp_path / "cold" / "ldm3d_last.safetensors")["training"]["diffusion"]
+
+    d["training"]["diffusion"]["steps"] = 3  # resumed without the option: the source is still named
+    train(trained["cohort"], Ldm3dConfig.from_dict(d), tmp_path / "warm", stage="diffusion", quiet=True, resume=True)
+    meta = read_metadata(tmp_path / "warm" / "ldm3d_last.safetensors")
+    assert meta["training"]["diffusion"]["steps"] == 3 and meta["training"]["diffusion"]["init_from"]["sha256"] == \
+        base.sha256
+
+    d["unet"]["channels"] = [c * 2 for c in d["unet"]["channels"]]
+    with pytest.raises(RuntimeError, match="unet differ"):
+        train(trained["cohort"], Ldm3dConfig.from_dict(d), tmp_path / "other", stage="diffusion", quiet=True,
+              init_diffusion_from=trained["base"])
+
+
 def test_perceptual_distance_is_zero_for_identical_images_and_grows_with_blur():
     from scipy.ndimage import gaussian_filter
 

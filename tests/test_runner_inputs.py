@@ -351,3 +351,18 @@ def test_progress_is_log_lines_without_carriage_returns_when_not_a_terminal(capl
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0].startswith("phantom 3mm: 1/3 subjects (33%)") and "left" in lines[0]
     assert lines[-1].startswith("phantom 3mm: 3/3 subjects (100%)") and len(lines) == 3
+
+
+def test_training_progress_resumes_counting_and_shows_the_loss_in_a_redirected_log(caplog):
+    """A resumed training stage starts at its step; the time left counts only this run's steps."""
+    import io
+    import logging
+
+    from core.progress import Progress
+
+    with caplog.at_level(logging.INFO, logger="braingenbench.progress"):
+        with Progress("diffusion", 100, unit="step", every=0.0, stream=io.StringIO(), initial=60) as p:
+            p.set_postfix(loss="0.1234")
+            p.update()
+    line = caplog.records[-1].getMessage()
+    assert line.startswith("diffusion: 61/100 steps (61%)") and line.endswith(", loss 0.1234"), line

@@ -12,7 +12,6 @@ import math
 import copy
 import csv
 import datetime as _dt
-import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from core.io import atomic_write
+from core.progress import Progress
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -110,12 +110,9 @@ def stage_deadline(stage_minutes: float, elapsed: float, max_minutes: float | No
     return min(limits)
 
 
-def progress_bar(total: int, initial: int, desc: str, quiet: bool):
-    """A tqdm bar on stderr, refreshed at most every 5 s; disabled when ``quiet``."""
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, disable=quiet, mininterval=5.0, dynamic_ncols=True,
-                file=sys.stderr)
+def progress_bar(total: int, initial: int, desc: str, quiet: bool) -> Progress:
+    """A training stage's progress: a bar on a terminal, a log line every minute in a redirected log."""
+    return Progress(desc, total, unit="step", quiet=quiet, every=60.0, initial=initial)
 
 
 def record_step(history: list, row: list, bar: Any, logger: Any, *, every: int, message: str,

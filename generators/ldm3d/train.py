@@ -31,6 +31,7 @@ every checkpoint also exports ``OUT/ldm3d_last.safetensors`` (float32, EMA weigh
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from pathlib import Path
@@ -40,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from cohorts.subject import Cohort
+from core.io import atomic_write_json
 from generators.common.decoder_training import decoder_summary, train_decoder_stage
 from generators.common.training import (atomic_torch_save, checkpoint_meta, diffusion_state, diffusion_update,
                                         ema_copies, export_model, live_modules, load_state, progress_bar,
@@ -67,10 +69,14 @@ class Trainer:
         out: output folder (states, caches, curves, exported checkpoints).
         ship: optional path that receives a float16 copy of every exported checkpoint.
         quiet: no progress bars.
+        init_from: start from this checkpoint (same architecture); its autoencoder counts as stage 1.
+        init_diffusion_from: start the diffusion stage from this checkpoint's UNet and conditioner (same UNet
+            and conditioning config; any autoencoder): a warm start on a new autoencoder's latents.
     """
 
     def __init__(self, cohort: Cohort, config: Ldm3dConfig, out: str | Path, *, ship: str | Path | None = None,
-                 quiet: bool = False, init_from: str | Path | None = None):
+                 quiet: bool = False, init_from: str | Path | None = None,
+                 init_diffusion_from: str | Path | None = None):
         self.cohort, self.config, self.out = cohort, config, Path(out)
         self.ship = Path(ship) if ship else None
         self.quiet = quiet
@@ -89,6 +95,9 @@ class Trainer:
         self.init_meta: dict | None = None
         if init_from is not None:
             self._init_from(Path(init_from))
+        self.diffusion_init: dict | None = None
+        if init_diffusion_from is not None:
+            self._init_diffusion_from(Path(init_diffusion_from))
 
     def _init_from(self, path: Path) -> None:
         """Start from a trained checkpoint: all its weights, and its autoencoder as a finished stage 1."""
@@ -107,6 +116,24 @@ class Trainer:
             atomic_torch_save({"autoencoder": loaded.model.autoencoder.state_dict(), "optimizer": None,
                                "step": int(ae.get("steps", 0)), "elapsed": 60.0 * float(ae.get("minutes", 0.0)),
                                "history": [], "done": True, "init_from": str(path)}, state)
+
+    def _init_diffusion_from(self, path: Path) -> None:
+        """Copy a trained checkpoint's UNet and conditioner (not its autoencoder) into the model."""
+        from generators.ldm3d.checkpoint import load_checkpoint
+
+        loaded = load_checkpoint(path)
+        theirs, ours = loaded.model.config.to_dict(), self.config.to_dict()
+        differ = [k for k in ("unet", "conditioning") if theirs[k] != ours[k]]
+        if theirs["autoencoder"]["latent_channels"] != ours["autoencoder"]["latent_channels"]:
+            differ.append("autoencoder.latent_channels")
+        if differ:
+            raise RuntimeError(f"{path}: its {', '.join(differ)} differ from the config's; --init-diffusion-from "
+                               "needs the same UNet, conditioning and number of latent channels")
+        self.model.unet.load_state_dict(loaded.model.unet.state_dict())
+        self.model.conditioner.load_state_dict(loaded.model.conditioner.state_dict())
+        self.diffusion_init = {"file": path.name, "sha256": loaded.sha256}
+        logger.info("diffusion stage warm-started from %s (UNet and conditioner; sha256 %s…)", path,
+                    loaded.sha256[:12])
 
     # -------------------------------------------------------------- utilities
     def _volumes(self) -> torch.Tensor:
@@ -278,9 +305,15 @@ class Trainer:
                            "starting the diffusion stage from scratch", state_path,
                            load_state(state_path).get("ae_step"), latent_key)
             resume = False
+        init_path = self.out / "diffusion_init.json"  # where this stage's UNet started (absent: from scratch)
         if resume and state_path.exists():
             step, elapsed, history = restore_diffusion_state(load_state(state_path), model, ema_modules, opt)
             logger.info("resumed diffusion at step %d (%.1f min)", step, elapsed / 60)
+        elif self.diffusion_init is not None:
+            atomic_write_json(init_path, self.diffusion_init)
+        else:
+            init_path.unlink(missing_ok=True)
+        warm_start = json.loads(init_path.read_text()) if init_path.exists() else None
         mu, sigma = cache["mu"], cache["sigma"]
         tokens, mask, attrs = cache["tokens"], cache["mask"], cache["attrs"]
         n = mu.shape[0]
@@ -302,7 +335,8 @@ class Trainer:
                 self.export(ema_modules, cache, ae_info, scale, {
                     "steps": step, "minutes": round(minutes, 2), "batch_size": dcfg.batch_size,
                     "final_loss": recent_mean(history, 2, 200), "prediction": self.config.prediction,
-                    "latents": dcfg.latents, "snr_gamma": dcfg.snr_gamma, "done": done})
+                    "latents": dcfg.latents, "snr_gamma": dcfg.snr_gamma, "done": done,
+                    **({"init_from": warm_start} if warm_start else {})})
             last_ckpt = time.monotonic()
 
         model.unet.train()
@@ -382,7 +416,7 @@ def _yaml_dump(d: dict) -> str:
 
 def train(cohort: Cohort, config: Ldm3dConfig, out: str | Path, *, stage: str = "all", resume: bool = False,
           max_minutes: float | None = None, ship: str | Path | None = None, quiet: bool = False,
-          init_from: str | Path | None = None) -> dict:
+          init_from: str | Path | None = None, init_diffusion_from: str | Path | None = None) -> dict:
     """Run one or both training stages (see module docstring); returns a summary dict.
 
     Args:
@@ -396,11 +430,13 @@ def train(cohort: Cohort, config: Ldm3dConfig, out: str | Path, *, stage: str = 
         ship: optional path for a float16 copy of every exported checkpoint.
         quiet: no progress bars.
         init_from: start from this checkpoint (same architecture): its autoencoder counts as stage 1.
+        init_diffusion_from: warm-start the diffusion stage from this checkpoint's UNet and conditioner.
     """
     if stage not in (*STAGES, "all"):
         raise ValueError(f"unknown stage {stage!r}; choose autoencoder, decoder, diffusion or all")
     torch.set_num_threads(config.training.num_threads)
-    trainer = Trainer(cohort, config, out, ship=ship, quiet=quiet, init_from=init_from)
+    trainer = Trainer(cohort, config, out, ship=ship, quiet=quiet, init_from=init_from,
+                      init_diffusion_from=init_diffusion_from)
     summary: dict = {}
     if stage in ("autoencoder", "all") and init_from is None:
         summary["autoencoder"] = trainer.train_autoencoder(resume=resume, max_minutes=max_minutes)
@@ -425,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ship", default=None, help="also write a float16 copy of each exported checkpoint here")
     ap.add_argument("--init-from", default=None, help="start from this checkpoint (same architecture); its "
                     "autoencoder counts as stage 1 (e.g. --stage decoder to sharpen a shipped model's decoder)")
+    ap.add_argument("--init-diffusion-from", default=None, help="start the diffusion stage from this checkpoint's "
+                    "UNet and conditioner (same UNet config, any autoencoder): a warm start on new latents")
     ap.add_argument("--n-subjects", type=int, default=400, help="phantom cohort size (default 400)")
     ap.add_argument("--cohort-seed", type=int, default=0, help="phantom cohort seed (default 0)")
     ap.add_argument("--quiet", action="store_true")
@@ -442,7 +480,8 @@ def main(argv: list[str] | None = None) -> int:
         config.grid = args.grid
     cohort = resolve_cohort(args.cohort, args.grid, args.n_subjects, args.cohort_seed, args.quiet)
     summary = train(cohort, config, args.out, stage=args.stage, resume=args.resume, max_minutes=args.max_minutes,
-                    ship=args.ship, quiet=args.quiet, init_from=args.init_from)
+                    ship=args.ship, quiet=args.quiet, init_from=args.init_from,
+                    init_diffusion_from=args.init_diffusion_from)
     logger.info("done: %s", summary)
     return 0
 
