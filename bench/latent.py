@@ -1,7 +1,9 @@
 """The ``ldm3d-latent`` feature space, wired by bench (the only package that may join a generator's
-encoder to the metrics): the ldm3d autoencoder's posterior mean, average-pooled and flattened.
+encoder to the metrics): an ldm3d autoencoder's posterior mean, average-pooled and flattened.
 
-The autoencoder only encodes volumes on the grid it was trained on (the shipped model: 3 mm). Volumes
+The default autoencoder is a pinned yardstick (``generators.ldm3d.checkpoint.LATENT_YARDSTICK``), not
+the shipped generator, so that a new ldm3d release does not move every run's latent numbers.
+The autoencoder only encodes volumes on the grid it was trained on (the yardstick: 3 mm). Volumes
 on another atlas grid (a 2 mm or 1 mm suite) are first resampled onto the model's grid with
 :func:`~metrics.features.base.resample_centred` (every benchmark grid shares its centre), so the
 latent space stays one fixed yardstick whatever the suite's grid."""
@@ -18,10 +20,10 @@ from metrics.features.latent import CallableExtractor
 
 
 class Ldm3dLatentExtractor(CallableExtractor):
-    """Features = the shipped (or given) ldm3d autoencoder's scaled posterior mean, pooled.
+    """Features = the yardstick (or a given) ldm3d autoencoder's scaled posterior mean, pooled.
 
     Args:
-        checkpoint: ldm3d checkpoint (safetensors); default: the shipped phantom model.
+        checkpoint: ldm3d checkpoint (safetensors); default: the pinned yardstick.
         device: torch device.
         batch_size: volumes per encoder call.
     """
@@ -29,9 +31,10 @@ class Ldm3dLatentExtractor(CallableExtractor):
     def __init__(self, *, checkpoint: str = "", device: str = "cpu", batch_size: int = 8):
         from cohorts.grid import get_grid
         from generators.ldm3d.checkpoint import read_metadata
-        from generators.ldm3d.generator import SHIPPED, make_latent_encoder
+        from generators.ldm3d.checkpoint import LATENT_YARDSTICK
+        from generators.ldm3d.generator import make_latent_encoder
 
-        path = Path(checkpoint) if checkpoint else SHIPPED
+        path = Path(checkpoint) if checkpoint else LATENT_YARDSTICK
         fn, dim, fp = make_latent_encoder(path, device=device)
         meta = read_metadata(path)
         self.model_grid = get_grid(meta["config"]["grid"])

@@ -1,9 +1,9 @@
-"""`ldm3d-latent`: the shipped autoencoder's latent space as a cached feature extractor."""
+"""`ldm3d-latent`: a pinned ldm3d autoencoder's latent space as a cached feature extractor."""
 
 import numpy as np
 
 from bench.registry import extractors
-from generators.ldm3d.generator import SHIPPED
+from generators.ldm3d.checkpoint import LATENT_YARDSTICK, SHIPPED, read_metadata
 
 
 def test_ldm3d_latent_extractor_is_deterministic_and_batch_invariant():
@@ -14,8 +14,9 @@ def test_ldm3d_latent_extractor_is_deterministic_and_batch_invariant():
     assert a.shape == (3, ex.dim) and np.isfinite(a).all()
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     fp = ex.fingerprint()
-    assert str(SHIPPED) in fp["checkpoint"] or fp["checkpoint"].endswith(".safetensors")
-    assert fp["encoder"].startswith("ldm3d-latent:") and len(fp["encoder"].split(":")[1]) == 64
+    assert fp["checkpoint"] == str(LATENT_YARDSTICK) != str(SHIPPED)  # a new ldm3d release keeps the yardstick
+    assert fp["encoder"] == "ldm3d-latent:61197d7e8fb61799f7632ce190a79d060cbdfa11b69a80fb91a5a09fa29bb3e4:pool3x4x4"
+    assert read_metadata(LATENT_YARDSTICK)["config"]["autoencoder"]["latent_channels"] * 48 == ex.dim
 
 
 def test_volumes_on_another_grid_are_resampled_onto_the_model_grid():

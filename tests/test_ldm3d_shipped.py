@@ -60,16 +60,19 @@ def test_same_seed_same_volume_other_seed_other_volume(generator):
     assert np.abs(a - c).mean() > 1e-3
 
 
-def test_the_shipped_checkpoints_parser_name_is_not_a_mismatch(caplog):
-    """Its stored caption-parser name predates the module move (bench.data -> cohorts): no parser warning."""
+def test_an_older_checkpoints_parser_name_is_not_a_mismatch(caplog):
+    """The latent yardstick (the checkpoint shipped until 2026-12-02) stores a caption-parser name that
+    predates the module move (bench.data -> cohorts): no parser warning."""
     import logging
 
-    from generators.ldm3d.checkpoint import read_metadata
+    from generators.ldm3d.checkpoint import LATENT_YARDSTICK, read_metadata
     from generators.ldm3d.generator import Ldm3dGenerator
 
-    assert read_metadata(SHIPPED)["caption_parser"] == "bench.data.captions.parse_caption"
+    assert read_metadata(SHIPPED)["caption_parser"] == "cohorts.captions.parse_caption"
+    assert read_metadata(LATENT_YARDSTICK)["caption_parser"] == "bench.data.captions.parse_caption"
     with caplog.at_level(logging.WARNING):
-        Ldm3dGenerator(GeneratorContext(cohort=None, grid=get_grid("3mm"), quiet=True))
+        Ldm3dGenerator(GeneratorContext(cohort=None, grid=get_grid("3mm"), quiet=True),
+                       checkpoint=str(LATENT_YARDSTICK))
     assert not [r for r in caplog.records if "caption parser" in r.getMessage()], caplog.text
     from generators.ldm3d.conditioning import same_parser
 

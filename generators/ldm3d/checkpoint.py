@@ -24,6 +24,10 @@ logger = logging.getLogger(__name__)
 FORMAT = "braingenbench-ldm3d/1"
 HEADER_KEY = "ldm3d"
 SHIPPED = Path(__file__).resolve().parent / "checkpoints" / "phantom_3mm.safetensors"
+# The ``ldm3d-latent`` feature space is a fixed yardstick, not the shipped generator: a new ldm3d release
+# must not move every generator's latent-similarity numbers. This is the ldm3d checkpoint shipped from
+# 2026-12-01 to 2026-12-02 (sha256 61197d7e...); only its autoencoder is used.
+LATENT_YARDSTICK = Path(__file__).resolve().parent / "checkpoints" / "latent_yardstick_3mm.safetensors"
 
 
 class CheckpointError(ValueError):

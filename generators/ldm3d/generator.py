@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from generators.base import GenerationOutput, GeneratorContext, Prompt, seed_for
-from generators.ldm3d.checkpoint import SHIPPED, CheckpointError, load_checkpoint
+from generators.ldm3d.checkpoint import LATENT_YARDSTICK, SHIPPED, CheckpointError, load_checkpoint
 from generators.ldm3d.conditioning import same_parser
 from generators.ldm3d.model import CaptionEncoder
 from generators.ldm3d.sampling import SCHEDULERS, sample_latents
@@ -171,7 +171,7 @@ def encode_volumes(model, volumes: np.ndarray | torch.Tensor, batch_size: int = 
     return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, *model.latent_shape), np.float32)
 
 
-def make_latent_encoder(checkpoint: str | Path = SHIPPED, *, device: str = "cpu",
+def make_latent_encoder(checkpoint: str | Path = LATENT_YARDSTICK, *, device: str = "cpu",
                         pool: tuple[int, int, int] = LATENT_POOL) -> tuple[Callable[[np.ndarray], np.ndarray], int, str]:
     """The ``ldm3d-latent`` feature space for metrics: (fn, dim, fingerprint).
 
