@@ -30,8 +30,7 @@ class Ldm3dLatentExtractor(CallableExtractor):
 
     def __init__(self, *, checkpoint: str = "", device: str = "cpu", batch_size: int = 8):
         from cohorts.grid import get_grid
-        from generators.ldm3d.checkpoint import read_metadata
-        from generators.ldm3d.checkpoint import LATENT_YARDSTICK
+        from generators.ldm3d.checkpoint import LATENT_YARDSTICK, read_metadata
         from generators.ldm3d.generator import make_latent_encoder
 
         path = Path(checkpoint) if checkpoint else LATENT_YARDSTICK

@@ -31,7 +31,6 @@ every checkpoint also exports ``OUT/ldm3d_last.safetensors`` (float32, EMA weigh
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path
@@ -41,13 +40,12 @@ import torch
 import torch.nn.functional as F
 
 from cohorts.subject import Cohort
-from core.io import atomic_write_json
 from generators.common.decoder_training import decoder_summary, train_decoder_stage
 from generators.common.training import (atomic_torch_save, checkpoint_meta, diffusion_state, diffusion_update,
                                         ema_copies, export_model, live_modules, load_state, progress_bar,
                                         recent_mean, record_step, resolve_cohort, restore_diffusion_state,
                                         stage_deadline, step_rng, train_autoencoder_stage, write_curve)
-from generators.ldm3d.checkpoint import save_checkpoint
+from generators.ldm3d.checkpoint import load_checkpoint, save_checkpoint
 from generators.ldm3d.conditioning import drop_attributes, encode_captions, n_features
 from generators.ldm3d.config import Ldm3dConfig, load_config
 from generators.ldm3d.model import Ldm3d, build_model, make_scheduler
@@ -101,8 +99,6 @@ class Trainer:
 
     def _init_from(self, path: Path) -> None:
         """Start from a trained checkpoint: all its weights, and its autoencoder as a finished stage 1."""
-        from generators.ldm3d.checkpoint import load_checkpoint
-
         loaded = load_checkpoint(path)
         if loaded.model.config.to_dict()["autoencoder"] != self.config.to_dict()["autoencoder"] or \
                 tuple(loaded.model.grid_shape) != tuple(self.model.grid_shape):
@@ -119,8 +115,6 @@ class Trainer:
 
     def _init_diffusion_from(self, path: Path) -> None:
         """Copy a trained checkpoint's UNet and conditioner (not its autoencoder) into the model."""
-        from generators.ldm3d.checkpoint import load_checkpoint
-
         loaded = load_checkpoint(path)
         theirs, ours = loaded.model.config.to_dict(), self.config.to_dict()
         differ = [k for k in ("unet", "conditioning") if theirs[k] != ours[k]]
@@ -300,20 +294,17 @@ class Trainer:
         ema_modules = ema_copies(live)
         state_path = self.out / "state_diffusion.pt"
         step, elapsed, history = 0, 0.0, []
-        if resume and state_path.exists() and load_state(state_path).get("ae_step") != latent_key:
+        saved = load_state(state_path) if resume and state_path.exists() else None
+        if saved is not None and saved.get("ae_step") != latent_key:
             logger.warning("%s was trained on latents of another autoencoder state (step %s, now %s); "
-                           "starting the diffusion stage from scratch", state_path,
-                           load_state(state_path).get("ae_step"), latent_key)
-            resume = False
-        init_path = self.out / "diffusion_init.json"  # where this stage's UNet started (absent: from scratch)
-        if resume and state_path.exists():
-            step, elapsed, history = restore_diffusion_state(load_state(state_path), model, ema_modules, opt)
+                           "starting the diffusion stage from scratch", state_path, saved.get("ae_step"), latent_key)
+            saved = None
+        warm_start = self.diffusion_init  # where this stage's UNet started (None: from scratch)
+        if saved is not None:
+            step, elapsed, history = restore_diffusion_state(saved, model, ema_modules, opt)
+            warm_start = saved.get("init_from")
             logger.info("resumed diffusion at step %d (%.1f min)", step, elapsed / 60)
-        elif self.diffusion_init is not None:
-            atomic_write_json(init_path, self.diffusion_init)
-        else:
-            init_path.unlink(missing_ok=True)
-        warm_start = json.loads(init_path.read_text()) if init_path.exists() else None
+        del saved
         mu, sigma = cache["mu"], cache["sigma"]
         tokens, mask, attrs = cache["tokens"], cache["mask"], cache["attrs"]
         n = mu.shape[0]
@@ -329,7 +320,7 @@ class Trainer:
             nonlocal last_ckpt
             minutes = (elapsed0 + time.monotonic() - t_start) / 60
             atomic_torch_save(diffusion_state(model, ema_modules, opt, step, minutes * 60, history, done=done,
-                                              ae_step=latent_key), state_path)
+                                              ae_step=latent_key, init_from=warm_start), state_path)
             write_curve(history, ["step", "time_s", "loss"], self.out / "loss_diffusion", "latent diffusion (MSE)")
             if step > 0:
                 self.export(ema_modules, cache, ae_info, scale, {
