@@ -64,6 +64,8 @@ class _Workspace:
     out_world: np.ndarray  # (3, *out_shape) MNI mm of output voxel centres
     brain_out: np.ndarray  # atlas brain mask on the output grid (bool)
     label_lut: np.ndarray  # label id -> structure index (0 = none, k+1 = _STRUCTURE_KEYS[k])
+    support: np.ndarray  # (wshape) bool: a tissue/label sample whose lower corner is here may be non-zero
+    vel_support: np.ndarray  # (wshape) bool: the same for the atrophy velocity (vent_grad, hippo_grad)
 
 
 def _unit_gradient(mask: np.ndarray, sigma_mm: float, vs: float) -> np.ndarray:
@@ -98,10 +100,57 @@ def _workspace(grid_name: str, home: str) -> _Workspace:
         for i in atlas.STRUCTURE_LABELS[key]:
             if i < lut.size:
                 lut[i] = k + 1
-    for a in (vent_grad, hippo_grad, thin_w):
+    support = _corner_support((pri.csf != 0) | (pri.gm != 0) | (pri.wm != 0) | (pri.labels != 0))
+    vel_support = _corner_support((vent_grad != 0).any(0) | (hippo_grad != 0).any(0))
+    for a in (vent_grad, hippo_grad, thin_w, support, vel_support):
         a.setflags(write=False)
     return _Workspace(grid, f, wvs, wshape, waffine, pri, centre, vent_grad, hippo_grad, thin_w, thin_k,
-                      out_world, brain_out, lut)
+                      out_world, brain_out, lut, support, vel_support)
+
+
+def _corner_support(nonzero: np.ndarray) -> np.ndarray:
+    """``out[i]`` is True when any of the voxels ``i + {0, 1}^3`` is non-zero: a linear (or nearest)
+    sample whose lower corner is ``floor(x) = i`` can only be non-zero there."""
+    out = nonzero.copy()
+    for ax in range(3):
+        nxt = np.zeros_like(out)
+        src = [slice(None)] * 3
+        dst = [slice(None)] * 3
+        src[ax], dst[ax] = slice(1, None), slice(None, -1)
+        nxt[tuple(dst)] = out[tuple(src)]
+        out |= nxt
+    return out
+
+
+class _SupportSampler:
+    """``scipy.ndimage.map_coordinates`` (order 0 or 1, no prefilter) at ``coords``, evaluated only at
+    the samples whose result can be non-zero; every other sample is exactly 0, as scipy would return.
+
+    An order-0 or order-1 sample at ``x`` reads only the voxels ``floor(x) + {0, 1}^3``: a sample whose
+    lower corner lies outside ``support`` (:func:`_corner_support` of the arrays' non-zeros) is 0 in any
+    boundary mode. Samples near or beyond the grid's edge are always evaluated (their value depends on
+    the mode). The values computed are scipy's own, sample by sample, so the result is bit-identical
+    to sampling everywhere; the coordinates are converted to float64 (what scipy converts them to on
+    every call) once for all the arrays sampled.
+    """
+
+    def __init__(self, coords: np.ndarray, support: np.ndarray):
+        self.shape = coords.shape[1:]
+        flat = coords.reshape(3, -1)
+        idx = np.zeros(flat.shape[1], dtype=np.intp)
+        edge = np.zeros(flat.shape[1], dtype=bool)
+        for ax, n in enumerate(support.shape):
+            lo = np.floor(flat[ax]).astype(np.intp)
+            edge |= (lo < 0) | (lo > n - 2)
+            idx = idx * n + np.clip(lo, 0, n - 1)
+        self.keep = edge | support.reshape(-1)[idx]
+        self.sel = flat[:, self.keep].astype(np.float64)
+
+    def __call__(self, a: np.ndarray, order: int, mode: str = "constant") -> np.ndarray:
+        out = np.zeros(self.keep.size, dtype=np.float32 if order else a.dtype)
+        out[self.keep] = ndi.map_coordinates(a, self.sel, order=order, mode=mode, cval=0, prefilter=False,
+                                             output=out.dtype)
+        return out.reshape(self.shape)
 
 
 def workspace(grid: str | Grid = "3mm", home: str | Path | None = None) -> _Workspace:
@@ -133,6 +182,8 @@ def _svf_displacement(p: SubjectParams) -> np.ndarray:
 
 
 def _sample_field(field_: np.ndarray, vox: np.ndarray) -> np.ndarray:
+    # scipy converts coordinates to float64 on every call: convert once for the three components
+    vox = np.asarray(vox, dtype=np.float64)
     return np.stack([ndi.map_coordinates(field_[c], vox, order=1, mode="nearest", prefilter=False,
                                          output=np.float32) for c in range(3)])
 
@@ -203,8 +254,9 @@ def synthesize(seed: int, index: int, grid: str | Grid = "3mm", home: str | Path
         vel = ws.vent_grad * np.float32(p.vent_mm / (_ATROPHY_STEPS * ws.wvs))
         vel -= ws.hippo_grad * np.float32(p.hippo_mm / (_ATROPHY_STEPS * ws.wvs))  # working vox / step
         start = r_vox.copy()
-        for _ in range(_ATROPHY_STEPS):
-            r_vox += _sample_field(vel, r_vox)
+        for _ in range(_ATROPHY_STEPS):  # the velocity is 0 away from the ventricles and hippocampi
+            step = _SupportSampler(r_vox, ws.vel_support)
+            r_vox += np.stack([step(vel[c], 1, "nearest") for c in range(3)])
         atro_vox = r_vox - start
     else:
         atro_vox = 0.0
@@ -225,10 +277,7 @@ def synthesize(seed: int, index: int, grid: str | Grid = "3mm", home: str | Path
     loss = np.minimum(np.float32(p.gm_loss * ws.thin_k) * ws.thin_w, np.float32(0.9)) * pri.gm
     maps = {"gm": pri.gm - loss, "wm": pri.wm, "csf": pri.csf + loss}
 
-    def warp(a, order):
-        return ndi.map_coordinates(a, coords, order=order, mode="constant", cval=0, prefilter=False,
-                                   output=np.float32 if order else a.dtype)
-
+    warp = _SupportSampler(coords, ws.support)  # the tissue is 0 outside the template's head
     tis_w = {k: warp(v, 1) for k, v in maps.items()}
     lab_w = warp(pri.labels, 0)
 

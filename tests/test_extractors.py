@@ -119,6 +119,19 @@ def test_deepbet_weights_pinned_and_structure(deepbet):
     json.dumps(fp)
 
 
+@needs_deepbet
+@pytest.mark.parametrize("n", [1, 2, 7, 1000, 96 * 128 * 112])
+def test_deepbet_quantiles_equal_torch_quantile(n):
+    from metrics.features.deepbet import _quantiles
+
+    g = torch.Generator().manual_seed(n)
+    for dtype in (torch.float32, torch.float64):
+        x = torch.rand(n, generator=g, dtype=dtype) ** 4
+        x[: n // 2] = 0.0  # ties, as in a background-heavy volume
+        ref = torch.quantile(x, torch.tensor([0.005, 0.995], dtype=dtype))
+        assert torch.equal(_quantiles(x, (0.005, 0.995)), ref)
+
+
 @pytest.fixture(scope="module")
 def deepbet_feats(deepbet, brains):
     """Features of all test brains in one call (batch_size 4: batches of 4 and 2)."""

@@ -32,6 +32,7 @@ import importlib.util
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from metrics.features.base import (TorchFeatureExtractor, pad_to_multiple, pool_features, resample_isotropic,
@@ -71,14 +72,29 @@ def deepbet_model_path() -> Path:
     return path
 
 
+def _quantiles(flat: torch.Tensor, qs: tuple[float, ...]) -> torch.Tensor:
+    """``torch.quantile(flat, qs)`` (linear interpolation), bit-identical, in O(n) on the CPU.
+
+    ``torch.quantile`` sorts the whole volume (~0.1 s for 1.4 M voxels, half of the extractor's time);
+    a partial sort (``numpy.partition``) finds the same order statistics, which are then interpolated
+    with the same float32 ranks and ``torch.lerp`` as ``torch.quantile``.
+    """
+    q = torch.tensor(qs, dtype=flat.dtype, device=flat.device)
+    if flat.device.type != "cpu" or flat.numel() == 0 or bool(torch.isnan(flat).any()):
+        return torch.quantile(flat, q)
+    ranks = q * (flat.numel() - 1)
+    below, above = ranks.floor().long(), ranks.ceil().long()
+    part = torch.from_numpy(np.partition(flat.detach().numpy(), sorted(set(below.tolist() + above.tolist()))))
+    return torch.lerp(part[below], part[above], ranks - below)
+
+
 def deepbet_normalize(x: torch.Tensor) -> torch.Tensor:
     """deepbet's intensity normalisation, per volume ``(D, H, W)``.
 
     Clip to the 0.5 and 99.5 percentiles, scale to [0, 1], z-score, then ``0.226 * z + 0.449`` (the
     ImageNet-like statistics deepbet trained with). Degenerate (constant) volumes map to 0.449.
     """
-    flat = x.reshape(-1)
-    low, high = torch.quantile(flat, torch.tensor([0.005, 0.995], dtype=flat.dtype, device=flat.device))
+    low, high = _quantiles(x.reshape(-1), (0.005, 0.995))
     scale = high - low
     if float(scale) <= 1e-12:
         return torch.full_like(x, 0.449)
