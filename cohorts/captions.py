@@ -6,6 +6,10 @@ One module for the phantom and every real dataset. A caption reads::
     (78th percentile), third ventricle 1.2 mL (55th percentile), ...; grey matter 620.4 mL, white
     matter 480.2 mL, CSF 250.0 mL, intracranial volume 1350.6 mL.
 
+A subject with recorded lesions (``phantom-ms``) says so after its demographics: "... of a 34-year-old
+woman with 12 white-matter lesions (7 periventricular, 3 juxtacortical, 2 deep white-matter), total
+lesion volume 8.4 mL, and thalamic atrophy." or "... with no white-matter lesions."
+
 :func:`parse_caption` is tolerant to case and wording ("female"/"woman", "T1w", "PD-weighted",
 "70 year old", "enlarged lateral ventricles"), so hand-written prompts parse too.
 """
@@ -24,6 +28,12 @@ MODALITY_WORDS = {"T1": "T1-weighted", "T2": "T2-weighted", "PD": "proton-densit
 REGIONAL = ("lateral_ventricles", "third_ventricle", "fourth_ventricle", "hippocampus_left",
             "hippocampus_right", "thalamus", "caudate", "putamen")
 TISSUE = ("gm", "wm", "csf", "icv")
+#: lesion location classes as captions name them (keys of ``Subject.lesions``)
+LESION_WORDS = {"periventricular": "periventricular", "juxtacortical": "juxtacortical",
+                "deep": "deep white-matter", "infratentorial": "infratentorial"}
+#: deep grey-matter atrophy (``Subject.atrophy``, % lost) is mentioned from this much on
+ATROPHY_MENTION_PCT = 3.0
+_ATROPHY_WORDS = {"thalamus": "thalamic atrophy", "caudate": "caudate atrophy"}
 
 
 # ------------------------------------------------------------------------------------ percentiles
@@ -78,6 +88,30 @@ def _vol(key: str, subject: Subject, with_percentile: bool) -> str:
     return text
 
 
+def _count(n: float, noun: str) -> str:
+    n = int(round(n))
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def pathology_phrase(subject: Subject) -> str:
+    """"with 3 white-matter lesions (2 periventricular, 1 deep white-matter), total lesion volume
+    1.2 mL, and thalamic atrophy" (empty when the subject records no lesions)."""
+    if not subject.lesions:
+        return ""
+    les = subject.lesions
+    n = int(round(les.get("count", 0)))
+    if n == 0:
+        parts = ["no white-matter lesions"]
+    else:
+        where = [f"{int(round(les[k]))} {w}" for k, w in LESION_WORDS.items() if les.get(k, 0) > 0]
+        head = _count(n, "white-matter lesion") + (f" ({', '.join(where)})" if where else "")
+        parts = [head, f"total lesion volume {les.get('volume', 0.0):.1f} mL"]
+    atrophy = [w for k, w in _ATROPHY_WORDS.items() if subject.atrophy.get(k, 0.0) >= ATROPHY_MENTION_PCT]
+    if atrophy:
+        parts.append("and " + " and ".join(atrophy))
+    return "with " + ", ".join(parts)
+
+
 def make_caption(subject: Subject) -> str:
     """Natural-language caption of a subject (modality, demographics, structure volumes).
 
@@ -94,7 +128,8 @@ def make_caption(subject: Subject) -> str:
     if subject.synthetic:
         parts.append("Synthetic phantom.")
     modality = MODALITY_WORDS.get(subject.modality, subject.modality)
-    parts.append(f"{modality} brain MRI of {who(subject.age, subject.sex)}.")
+    patho = pathology_phrase(subject)
+    parts.append(f"{modality} brain MRI of {who(subject.age, subject.sex)}" + (f" {patho}." if patho else "."))
     regional = [k for k in REGIONAL if k in subject.volumes]
     tissue = [k for k in TISSUE if k in subject.volumes]
     clauses = []
@@ -132,7 +167,7 @@ _STRUCT_PATTERNS: list[tuple[tuple[str, ...], re.Pattern]] = [
     (("hippocampus_left",), re.compile(r"\bleft\s+hippocamp(?:us|al\s+volume)\b|\bhippocampus\s*,?\s*left\b", re.I)),
     (("hippocampus_right",), re.compile(r"\bright\s+hippocamp(?:us|al\s+volume)\b|\bhippocampus\s*,?\s*right\b", re.I)),
     (("hippocampus_left", "hippocampus_right"), re.compile(r"\bhippocamp(?:us|i|al)\b", re.I)),
-    (("thalamus",), re.compile(r"\bthalam(?:us|i)\b", re.I)),
+    (("thalamus",), re.compile(r"\bthalam(?:us|i|ic)\b", re.I)),
     (("caudate",), re.compile(r"\bcaudate(?:\s+nuclei|\s+nucleus)?\b", re.I)),
     (("putamen",), re.compile(r"\bputam(?:en|ina)\b", re.I)),
     (("gm",), re.compile(r"\b(?:grey|gray)\s+matter\b|\bGM\b", re.I)),
@@ -143,9 +178,60 @@ _STRUCT_PATTERNS: list[tuple[tuple[str, ...], re.Pattern]] = [
 _VOLUME = re.compile(_NUM + r"\s*(?:ml|millilit(?:er|re)s?|cc|cm3|cm³)\b", re.I)
 _PERCENTILE = re.compile(r"(\d+)\s*(?:st|nd|rd|th)?\s+percentile\b", re.I)
 _LARGE = r"large|larger|enlarged|big|bigger|dilated|prominent|expanded|increased"
-_SMALL = r"small|smaller|shrunken|atrophic|atrophied|reduced|tiny|decreased|shrinking"
+_SMALL = r"small|smaller|shrunken|atrophic|atrophied|atrophy|reduced|tiny|decreased|shrinking"
 _QUAL = re.compile(rf"\b(?:(?:very|markedly|mildly|slightly|somewhat)\s+)?({_LARGE}|{_SMALL})\b", re.I)
 _CLAUSE_SPLIT = re.compile(r"[;,]|\.(?!\d)|\bwith\b|\band\b", re.I)
+
+
+_WORD_NUMBERS = {"no": 0, "zero": 0, "one": 1, "a": 1, "an": 1, "a single": 1, "two": 2, "three": 3, "four": 4,
+                 "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10}
+_COUNT = r"(\d+|no|zero|one|a single|an?|two|three|four|five|six|seven|eight|nine|ten)"
+_LESIONS_TOTAL = re.compile(_COUNT + r"\s+(?:(?:new|enlarging|T2|FLAIR|hyperintense|MS)\s+)*"
+                            r"(?:white[\s-]*matter\s+|WM\s+)?(?:lesions?|plaques?)\b", re.I)
+_LESION_CLASS = {
+    "periventricular": re.compile(_COUNT + r"\s+(?:are\s+|of\s+them\s+)?periventricular\b", re.I),
+    "juxtacortical": re.compile(_COUNT + r"\s+(?:are\s+|of\s+them\s+)?juxta[\s-]?cortical\b", re.I),
+    "deep": re.compile(_COUNT + r"\s+(?:are\s+|of\s+them\s+)?deep(?:\s+white[\s-]*matter)?\b", re.I),
+    "infratentorial": re.compile(_COUNT + r"\s+(?:are\s+|of\s+them\s+)?infra[\s-]?tentorial\b", re.I),
+}
+_LESION_VOLUME = re.compile(r"(?:total\s+)?lesion\s+(?:volume|load)\s*(?:of|=|:)?\s*" + _NUM
+                            + r"\s*(?:ml|cc|cm3|cm³)\b|(?:lesions?|plaques?)\b[^.;]*?\btotal(?:ling)?\s+(?:of\s+)?"
+                            + _NUM + r"\s*(?:ml|cc|cm3|cm³)\b", re.I)
+_LESION_CLAUSE = re.compile(r"lesion|plaque|periventricular|juxta[\s-]?cortical|infra[\s-]?tentorial|"
+                            r"\bdeep\s+white", re.I)
+
+
+def _number(word: str) -> int:
+    w = word.lower()
+    return int(w) if w.isdigit() else _WORD_NUMBERS[w]
+
+
+def parse_lesions(text: str) -> dict:
+    """Lesion counts and volume a caption or prompt states: ``{"count": n, "volume": mL, "<class>": n}``
+    with only the keys it mentions (empty when it says nothing about lesions).
+
+    >>> parse_lesions("FLAIR MRI with 12 periventricular and 3 juxtacortical white-matter lesions (total 8.4 mL)")
+    {'periventricular': 12, 'juxtacortical': 3, 'volume': 8.4, 'count': 15}
+    >>> parse_lesions("T2 brain MRI of a 40-year-old man with no white-matter lesions.")
+    {'count': 0}
+    """
+    out: dict = {}
+    for key, pat in _LESION_CLASS.items():
+        m = pat.search(text)
+        if m:
+            out[key] = _number(m.group(1))
+    m = _LESION_VOLUME.search(text)
+    if m:
+        out["volume"] = float(m.group(1) or m.group(2))
+    total = _LESIONS_TOTAL.search(text)
+    if total:  # "12 white-matter lesions" (a class word before "lesions" is not part of this match)
+        out["count"] = _number(total.group(1))
+    elif any(k in out for k in _LESION_CLASS):
+        out["count"] = sum(out.get(k, 0) for k in _LESION_CLASS)
+    if total and out.get("count") == 0:
+        return {"count": 0}
+    return out
+
 
 
 def _qual_word(word: str) -> str:
@@ -162,7 +248,8 @@ def parse_caption(text: str) -> dict:
     Returns:
         ``{"modality": "T1"|"T2"|"PD"|"FLAIR"|None, "age": float|None, "sex": "F"|"M"|None,
         "volumes": {key: mL}, "percentiles": {key: pct}, "qualitative": {key: "large"|"small"},
-        "synthetic": bool}`` with keys from :data:`~cohorts.subject.STRUCTURES`.
+        "synthetic": bool}`` with keys from :data:`~cohorts.subject.STRUCTURES`, plus ``"lesions"``
+        (:func:`parse_lesions`) when the text speaks of lesions.
     """
     out: dict = {"modality": None, "age": None, "sex": None, "volumes": {}, "percentiles": {},
                  "qualitative": {}, "synthetic": bool(re.search(r"\bsynthetic\b", text, re.I))}
@@ -181,7 +268,12 @@ def parse_caption(text: str) -> dict:
     elif m_:
         out["sex"] = "M"
 
+    lesions = parse_lesions(text)
+    if lesions:
+        out["lesions"] = lesions
     for clause in _CLAUSE_SPLIT.split(text):
+        if _LESION_CLAUSE.search(clause):  # "2 deep white-matter", "total lesion volume 8.4 mL"
+            continue
         keys, span = None, None
         for ks, pat in _STRUCT_PATTERNS:
             hit = pat.search(clause)

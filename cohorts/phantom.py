@@ -74,13 +74,13 @@ DATASET = "phantom"
 
 
 # ------------------------------------------------------------------------------------ building
-def builder_hash() -> str:
+def builder_hash(version: str = BUILDER_VERSION) -> str:
     """Short hash of the builder version and the prior source files (part of cache names)."""
-    return hashlib.sha256(f"{BUILDER_VERSION}|{atlas.source_hash()}".encode()).hexdigest()[:10]
+    return hashlib.sha256(f"{version}|{atlas.source_hash()}".encode()).hexdigest()[:10]
 
 
-def _subject_spec(grid: Grid, seed: int, index: int) -> str:
-    return hashlib.sha256(json.dumps([BUILDER_VERSION, atlas.source_hash(), grid.to_dict(), seed, index])
+def _subject_spec(grid: Grid, seed: int, index: int, version: str = BUILDER_VERSION) -> str:
+    return hashlib.sha256(json.dumps([version, atlas.source_hash(), grid.to_dict(), seed, index])
                           .encode()).hexdigest()[:16]
 
 
@@ -88,32 +88,27 @@ def _meta_path(out: Path, sid: str) -> Path:
     return out / "images" / f"{sid}.json"
 
 
-def _load_done(out: Path, grid: Grid, seed: int, index: int) -> dict | None:
-    sid = subject_id(index)
+def _load_done(out: Path, grid: Grid, seed: int, index: int, cls: type | None = None) -> dict | None:
+    cls = cls or PhantomCohort
+    sid = cls.subject_id(index)
     mp = _meta_path(out, sid)
-    img, lab = out / "images" / f"{sid}.nii.gz", out / "labels" / f"{sid}.nii.gz"
-    if not (mp.exists() and img.exists() and lab.exists()):
+    files = [out / "images" / f"{sid}.nii.gz", out / "labels" / f"{sid}.nii.gz"]
+    files += [out / d / f"{sid}.nii.gz" for d in cls.extra_maps]
+    if not (mp.exists() and all(f.exists() for f in files)):
         return None
     try:
         meta = json.loads(mp.read_text())
     except (OSError, ValueError):
         return None
-    return meta if meta.get("spec") == _subject_spec(grid, seed, index) else None
+    return meta if meta.get("spec") == _subject_spec(grid, seed, index, cls.builder_version) else None
 
 
-def _build_one(task: tuple[str, str, int, int, str]) -> dict:
+def _build_one(task: tuple) -> dict:
     """Worker: synthesise and write one subject, return its metadata (module level: picklable)."""
-    out_s, grid_name, seed, index, home = task
+    cls, out_s, grid_name, seed, index, home = task
     out, grid = Path(out_s), get_grid(grid_name)
-    res = synthesize(seed, index, grid, home)
-    p = res.params
-    save_nifti(out / "images" / f"{p.subject_id}.nii.gz", res.image, grid, np.float32)
-    save_nifti(out / "labels" / f"{p.subject_id}.nii.gz", res.labels, grid, np.uint8)
-    meta = {"spec": _subject_spec(grid, seed, index), "builder_version": BUILDER_VERSION,
-            "subject_id": p.subject_id, "index": index, "age": p.age, "sex": p.sex,
-            "modality": p.modality, "site": p.site, "volumes": res.volumes,
-            "params": asdict(p), "seconds": round(res.seconds, 4)}
-    mp = _meta_path(out, p.subject_id)
+    meta = cls.synthesize_subject(out, grid, seed, index, home)
+    mp = _meta_path(out, meta["subject_id"])
     tmp = mp.with_name(mp.name + ".tmp")
     tmp.write_text(json.dumps(meta, indent=1))
     tmp.replace(mp)
@@ -144,8 +139,37 @@ class PhantomCohort:
     """The embedded SYNTHETIC reference cohort (registered as cohort ``phantom``)."""
 
     name = DATASET
+    builder_version = BUILDER_VERSION
+    label = SYNTHETIC_LABEL
+    #: per-subject maps written next to ``images/`` and ``labels/`` (a subclass's ground truth)
+    extra_maps: tuple[str, ...] = ()
     #: indices synthesised by the most recent :meth:`build` in this process (the rest were reused).
     last_built: list[int] = []
+
+    @staticmethod
+    def subject_id(index: int) -> str:
+        return subject_id(index)
+
+    @classmethod
+    def synthesize_subject(cls, out: Path, grid: Grid, seed: int, index: int, home: str) -> dict:
+        """Render subject ``index``, write its image and labels, return its metadata (a worker calls
+        this; a subclass renders more, e.g. pathology)."""
+        res = synthesize(seed, index, grid, home)
+        p = res.params
+        save_nifti(out / "images" / f"{p.subject_id}.nii.gz", res.image, grid, np.float32)
+        save_nifti(out / "labels" / f"{p.subject_id}.nii.gz", res.labels, grid, np.uint8)
+        return {"spec": _subject_spec(grid, seed, index, cls.builder_version),
+                "builder_version": cls.builder_version, "subject_id": p.subject_id, "index": index, "age": p.age,
+                "sex": p.sex, "modality": p.modality, "site": p.site, "volumes": res.volumes,
+                "params": asdict(p), "seconds": round(res.seconds, 4)}
+
+    @classmethod
+    def subject_from_meta(cls, out: Path, m: dict, split: str) -> Subject:
+        sid = m["subject_id"]
+        return Subject(subject_id=sid, split=split, modality=m["modality"],
+                       image=out / "images" / f"{sid}.nii.gz", labels=out / "labels" / f"{sid}.nii.gz",
+                       age=float(m["age"]), sex=m["sex"], site=m["site"], volumes=dict(m["volumes"]),
+                       dataset=cls.name, synthetic=True)
 
     @classmethod
     def build(cls, out: str | Path, grid: str | Grid = "3mm", *, n_subjects: int = 400, seed: int = 0,
@@ -172,6 +196,8 @@ class PhantomCohort:
         out = Path(out)
         (out / "images").mkdir(parents=True, exist_ok=True)
         (out / "labels").mkdir(parents=True, exist_ok=True)
+        for d in cls.extra_maps:
+            (out / d).mkdir(parents=True, exist_ok=True)
         home_s = str(atlas.braingenbench_home(home))
         ws = workspace(g, home_s)  # priors cache on disk before any worker starts
         save_nifti(out / "brain_mask.nii.gz", ws.brain_out, g, np.uint8)
@@ -179,16 +205,16 @@ class PhantomCohort:
         metas: dict[int, dict] = {}
         todo = []
         for i in range(n_subjects):
-            m = _load_done(out, g, seed, i)
+            m = _load_done(out, g, seed, i, cls)
             if m is None:
                 todo.append(i)
             else:
                 metas[i] = m
         if metas:
             logger.info("%s: reusing %d finished subject(s), building %d", out, len(metas), len(todo))
-        tasks = [(str(out), g.name, seed, i, home_s) for i in todo]
+        tasks = [(cls, str(out), g.name, seed, i, home_s) for i in todo]
         t0 = time.perf_counter()
-        bar = Progress(f"phantom {g.name}", len(tasks), unit="subject", quiet=quiet) if tasks else None
+        bar = Progress(f"{cls.name} {g.name}", len(tasks), unit="subject", quiet=quiet) if tasks else None
         try:
             if workers <= 1 or len(tasks) <= 1:
                 for t in tasks:
@@ -215,21 +241,14 @@ class PhantomCohort:
         cls.last_built = sorted(todo)
 
         splits = split_assignment(n_subjects, seed)
-        subjects = []
-        for i in range(n_subjects):
-            m = metas[i]
-            sid = m["subject_id"]
-            subjects.append(Subject(
-                subject_id=sid, split=splits[i], modality=m["modality"],
-                image=out / "images" / f"{sid}.nii.gz", labels=out / "labels" / f"{sid}.nii.gz",
-                age=float(m["age"]), sex=m["sex"], site=m["site"], volumes=dict(m["volumes"]),
-                dataset=DATASET, synthetic=True))
+        subjects = [cls.subject_from_meta(out, metas[i], splits[i]) for i in range(n_subjects)]
         compute_percentiles(subjects)
         for s in subjects:
             s.caption = make_caption(s)
         meta = {
-            "synthetic": True, "label": SYNTHETIC_LABEL, "dataset": DATASET, "seed": seed,
-            "n_subjects": n_subjects, "builder_version": BUILDER_VERSION, "builder_hash": builder_hash(),
+            "synthetic": True, "label": cls.label, "dataset": cls.name, "seed": seed,
+            "n_subjects": n_subjects, "builder_version": cls.builder_version,
+            "builder_hash": builder_hash(cls.builder_version),
             "priors_source_hash": atlas.source_hash(),
             "attribution": dict(atlas.ATTRIBUTION),
             "licence_note": ("derived from the Neuromorphometrics atlas (CC BY-NC): non-commercial use; "
@@ -238,9 +257,15 @@ class PhantomCohort:
             "sites": [asdict(s) for s in SITES], "sequences": SEQUENCES,
             "tissue_parameters_3T": TISSUE_3T,
         }
-        cohort = Cohort(DATASET, out, g, subjects, meta)
+        meta.update(cls.extra_meta())
+        cohort = Cohort(cls.name, out, g, subjects, meta)
         cohort.save()
         return cohort
+
+    @classmethod
+    def extra_meta(cls) -> dict:
+        """What a subclass adds to ``cohort.json``."""
+        return {}
 
     @classmethod
     def cohort_dir(cls, grid: str | Grid = "3mm", *, home: str | Path | None = None, n_subjects: int = 400,
@@ -248,7 +273,7 @@ class PhantomCohort:
         """Where :meth:`get` keeps this cohort."""
         g = get_grid(grid)
         return (atlas.braingenbench_home(home) / "cohorts"
-                / f"phantom-{g.name}-n{n_subjects}-s{seed}-{builder_hash()}")
+                / f"{cls.name}-{g.name}-n{n_subjects}-s{seed}-{builder_hash(cls.builder_version)}")
 
     @classmethod
     def get(cls, grid: str | Grid = "3mm", *, home: str | Path | None = None, n_subjects: int = 400,

@@ -101,10 +101,17 @@ def modality_for(seed: int, index: int) -> str:
     return MODALITIES[int(perm[index % len(MODALITIES)])]
 
 
-def sample_params(seed: int, index: int) -> SubjectParams:
-    """Draw all random choices for subject ``index`` from ``default_rng([seed, index])``."""
-    rng = np.random.default_rng([seed, index])
-    age = float(rng.integers(20, 91))
+def sample_params(seed: int, index: int, *, stream: tuple[int, ...] = (), ages: tuple[int, int] = (20, 90),
+                  sid: str | None = None) -> SubjectParams:
+    """Draw all random choices for subject ``index`` from ``default_rng([seed, index, *stream])``.
+
+    Args:
+        stream: extra seed words, so that another cohort (``phantom-ms``) draws its own subjects.
+        ages: inclusive range of the (integer) age.
+        sid: subject id (default :func:`subject_id`).
+    """
+    rng = np.random.default_rng([seed, index, *stream])
+    age = float(rng.integers(ages[0], ages[1] + 1))
     sex = "F" if rng.random() < 0.5 else "M"
     site = SITES[int(rng.integers(len(SITES)))]
     scale = float(rng.uniform(0.94, 0.98) if sex == "F" else rng.uniform(0.985, 1.035))
@@ -134,6 +141,6 @@ def sample_params(seed: int, index: int) -> SubjectParams:
     bias_amp = float(rng.uniform(*site.bias))
     bias_coeffs = rng.normal(0.0, 1.0, 9).tolist()
     svf_seed, noise_seed = (int(x) for x in rng.integers(0, 2**31 - 1, 2))
-    return SubjectParams(index, subject_id(index), age, sex, modality, site.name, scale,
+    return SubjectParams(index, sid or subject_id(index), age, sex, modality, site.name, scale,
                          rotation.tolist(), translation.tolist(), svf_amp, vent_mm, hippo_mm, gm_loss,
                          tissue, seq, noise_frac, bias_amp, bias_coeffs, svf_seed, noise_seed)

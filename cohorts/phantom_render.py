@@ -5,7 +5,7 @@ contrast rendering, bias field, Rician noise and ground-truth volumes (:func:`sy
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -14,6 +14,7 @@ from scipy import ndimage as ndi
 
 from cohorts import atlas
 from cohorts.grid import Grid, get_grid
+from cohorts.phantom_lesions import Pathology, ms_workspace, rasterise
 from cohorts.phantom_params import SubjectParams, sample_params, signal
 from cohorts.subject import STRUCTURES
 
@@ -218,10 +219,13 @@ class SynthResult:
     tissue: dict[str, np.ndarray]  # output-grid probabilities (partial volumes)
     volumes: dict[str, float]  # mL, keys from STRUCTURES
     seconds: float = 0.0
+    #: mL of lesion tissue per lesion of the pathology (``tissue["lesion"]`` holds the partial volumes)
+    lesion_volumes: list[float] = field(default_factory=list)
 
 
 def synthesize(seed: int, index: int, grid: str | Grid = "3mm", home: str | Path | None = None,
-               params: SubjectParams | None = None) -> SynthResult:
+               params: SubjectParams | None = None, pathology: Pathology | None = None,
+               headroom: float = 1.0) -> SynthResult:
     """Synthesise subject ``index`` of the phantom with ``seed`` on ``grid`` (nothing is written).
 
     Args:
@@ -230,6 +234,10 @@ def synthesize(seed: int, index: int, grid: str | Grid = "3mm", home: str | Path
         grid: output grid name or :class:`Grid`.
         home: cache root for the priors.
         params: override the sampled parameters (tests use this to vary one factor).
+        pathology: lesions and deep grey-matter atrophy (:mod:`cohorts.phantom_lesions`; the
+            ``phantom-ms`` cohort); ``None`` renders the healthy phantom.
+        headroom: the brain's 99.5th intensity percentile maps to this value (1 = the phantom's
+            normalisation; below 1 leaves room above normal tissue for hyperintense lesions).
     """
     t0 = time.perf_counter()
     ws = workspace(grid, home)
@@ -250,12 +258,20 @@ def synthesize(seed: int, index: int, grid: str | Grid = "3mm", home: str | Path
     r_vox = winv[:3, :3].astype(np.float32) @ r + winv[:3, 3:4].astype(np.float32)
     # atrophy: flow along vent_mm * grad(V) - hippo_mm * grad(H) (forward Euler, _ATROPHY_STEPS
     # steps); small steps keep every step invertible where a single jump x + a grad(V) would fold.
-    if p.vent_mm > 0 or p.hippo_mm > 0:
+    # Pathology adds - thalamus_mm * grad(T) - caudate_mm * grad(C).
+    mws = ms_workspace(g, home) if pathology is not None else None
+    deep_gm = pathology is not None and (pathology.thalamus_mm > 0 or pathology.caudate_mm > 0)
+    if p.vent_mm > 0 or p.hippo_mm > 0 or deep_gm:
         vel = ws.vent_grad * np.float32(p.vent_mm / (_ATROPHY_STEPS * ws.wvs))
         vel -= ws.hippo_grad * np.float32(p.hippo_mm / (_ATROPHY_STEPS * ws.wvs))  # working vox / step
+        vel_support = ws.vel_support
+        if deep_gm:
+            vel -= mws.thal_grad * np.float32(pathology.thalamus_mm / (_ATROPHY_STEPS * ws.wvs))
+            vel -= mws.caud_grad * np.float32(pathology.caudate_mm / (_ATROPHY_STEPS * ws.wvs))
+            vel_support = vel_support | mws.flow_support
         start = r_vox.copy()
-        for _ in range(_ATROPHY_STEPS):  # the velocity is 0 away from the ventricles and hippocampi
-            step = _SupportSampler(r_vox, ws.vel_support)
+        for _ in range(_ATROPHY_STEPS):  # the velocity is 0 away from the deep structures it moves
+            step = _SupportSampler(r_vox, vel_support)
             r_vox += np.stack([step(vel[c], 1, "nearest") for c in range(3)])
         atro_vox = r_vox - start
     else:
@@ -280,6 +296,12 @@ def synthesize(seed: int, index: int, grid: str | Grid = "3mm", home: str | Path
     warp = _SupportSampler(coords, ws.support)  # the tissue is 0 outside the template's head
     tis_w = {k: warp(v, 1) for k, v in maps.items()}
     lab_w = warp(pri.labels, 0)
+    lesion_volumes: list[float] = []
+    if pathology is not None:  # lesion tissue replaces the white matter inside each lesion
+        ids_w = warp(rasterise(pathology, mws, ws.wshape), 0)
+        les_w = np.where(ids_w > 0, tis_w["wm"], np.float32(0))
+        tis_w["wm"] = tis_w["wm"] - les_w
+        tis_w["lesion"] = les_w
 
     vox_ml = ws.wvs**3 / 1000.0
     counts = np.bincount(ws.label_lut[np.clip(lab_w, 0, ws.label_lut.size - 1)].ravel(),
@@ -288,19 +310,29 @@ def synthesize(seed: int, index: int, grid: str | Grid = "3mm", home: str | Path
     for k in ("gm", "wm", "csf"):
         volumes[k] = round(float(tis_w[k].sum(dtype=np.float64)) * vox_ml, 3)
     volumes["icv"] = round(volumes["gm"] + volumes["wm"] + volumes["csf"], 3)
+    if pathology is not None:
+        per = np.bincount(ids_w.ravel(), weights=les_w.ravel(), minlength=len(pathology.lesions) + 1)
+        lesion_volumes = [round(float(v) * vox_ml, 4) for v in per[1:]]
+        volumes["icv"] = round(volumes["icv"] + float(les_w.sum(dtype=np.float64)) * vox_ml, 3)
     volumes = {k: volumes[k] for k in STRUCTURES}
 
     # output grid: partial volumes, labels, rendering
     tis = {k: block_mean(v, ws.factor) for k, v in tis_w.items()}
-    total = tis["csf"] + tis["gm"] + tis["wm"]
+    wm_all = tis["wm"] + tis["lesion"] if pathology is not None else tis["wm"]  # lesions label as WM
+    total = tis["csf"] + tis["gm"] + wm_all
     brain = total > 0.5
-    stack = np.stack([tis["csf"], tis["gm"], tis["wm"]], 0)
+    stack = np.stack([tis["csf"], tis["gm"], wm_all], 0)
     labels = np.where(brain, stack.argmax(0) + 1, 0).astype(np.uint8)
 
     seq = p.sequence
-    s_t = {k: float(signal(p.modality, *p.tissue[k], seq["TR"], seq["TE"], seq.get("TI"))) for k in tis}
+    s_t = {k: float(signal(p.modality, *p.tissue[k], seq["TR"], seq["TE"], seq.get("TI"))) for k in p.tissue}
     img = tis["csf"] * np.float32(s_t["csf"]) + tis["gm"] * np.float32(s_t["gm"]) \
         + tis["wm"] * np.float32(s_t["wm"])
+    if pathology is not None and pathology.lesions:  # each lesion with its own relaxation times
+        s_les = np.zeros(len(pathology.lesions) + 1, np.float32)
+        s_les[1:] = [signal(p.modality, les.t1, les.t2, les.pd, seq["TR"], seq["TE"], seq.get("TI"))
+                     for les in pathology.lesions]
+        img = img + block_mean(les_w * s_les[ids_w], ws.factor)
     # bias: 1 + amp * f / max|f| over the brain, f = quadratic polynomial in normalised MNI coords
     u = ws.out_world / np.array([90.0, 110.0, 90.0], np.float32)[:, None, None, None]
     basis = [u[0], u[1], u[2], u[0] * u[1], u[0] * u[2], u[1] * u[2], u[0]**2 - 0.3, u[1]**2 - 0.3,
@@ -314,6 +346,6 @@ def synthesize(seed: int, index: int, grid: str | Grid = "3mm", home: str | Path
     n2 = nrng.standard_normal(img.shape, dtype=np.float32)
     img = np.sqrt((img + sigma * n1) ** 2 + (sigma * n2) ** 2)
     img[~brain] = 0.0
-    hi = float(np.percentile(img[brain], 99.5)) if brain.any() else 1.0
+    hi = float(np.percentile(img[brain], 99.5)) / headroom if brain.any() else 1.0
     img = np.clip(img / max(hi, 1e-12), 0.0, 1.0).astype(np.float32)
-    return SynthResult(p, img, labels, tis, volumes, time.perf_counter() - t0)
+    return SynthResult(p, img, labels, tis, volumes, time.perf_counter() - t0, lesion_volumes)

@@ -10,6 +10,8 @@ cohorts: Registry = Registry("cohort", "braingenbench.cohorts")
 
 cohorts.register("phantom", "cohorts.phantom:PhantomCohort",
                  description="SYNTHETIC cohort built offline from ICBM152 + Neuromorphometrics priors")
+cohorts.register("phantom-ms", "cohorts.phantom_ms:PhantomMSCohort",
+                 description="SYNTHETIC phantom with MS-like white-matter lesions and deep grey-matter atrophy")
 for _name, _cls, _desc in (("ixi", "IXICohort", "IXI (T1/T2/PD, 3 London sites), prepared from its download"),
                            ("oasis1", "OASIS1Cohort", "OASIS-1 cross-sectional T1w, prepared from its download"),
                            ("ibsr", "IBSRCohort", "IBSR V2.0 T1w with manual labels, prepared from its download"),

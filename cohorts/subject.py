@@ -6,6 +6,7 @@ A prepared cohort on disk is a folder::
     manifest.csv     one row per subject (demographics, modality, structure volumes in mL, caption)
     images/<id>.nii.gz   intensity volume on the grid, RAS+, float32 in [0, 1]
     labels/<id>.nii.gz   tissue labels on the grid (0 background, 1 CSF, 2 GM, 3 WM), optional
+    lesions/<id>.nii.gz  white-matter lesion mask (uint8 0/1), for cohorts with lesions (optional)
 
 Structure-volume keys are the canonical names in :data:`STRUCTURES`.
 """
@@ -66,11 +67,21 @@ class Subject:
     labels: Path | None = None
     dataset: str = ""
     synthetic: bool = False
+    #: white-matter lesions: ``count``, ``volume`` (mL) and a count per location class (see
+    #: :data:`cohorts.phantom_lesions.LESION_CLASSES`); empty when the cohort does not record lesions
+    lesions: dict[str, float] = field(default_factory=dict)
+    #: deep grey-matter atrophy: structure key -> % volume lost to disease (e.g. ``{"thalamus": 6.1}``)
+    atrophy: dict[str, float] = field(default_factory=dict)
+    lesion_mask: Path | None = None
 
     def attributes(self) -> dict:
         """The attributes a caption carries (what a prompt asks for)."""
-        return {"modality": self.modality, "age": self.age, "sex": self.sex,
-                "volumes": dict(self.volumes)}
+        out = {"modality": self.modality, "age": self.age, "sex": self.sex, "volumes": dict(self.volumes)}
+        if self.lesions:
+            out["lesions"] = dict(self.lesions)
+        if self.atrophy:
+            out["atrophy"] = dict(self.atrophy)
+        return out
 
 
 @dataclass
@@ -115,6 +126,12 @@ class Cohort:
             out[i, 0] = self.load_volume(s)
         return out
 
+    def load_lesion_mask(self, subject: Subject) -> np.ndarray | None:
+        """Lesion mask (D, H, W) bool, or ``None`` when the subject has none on disk."""
+        if subject.lesion_mask is None:
+            return None
+        return _load_nifti(subject.lesion_mask, self.grid) > 0.5
+
     def brain_mask(self) -> np.ndarray:
         """Atlas brain mask on the grid (D, H, W) bool (``brain_mask.nii.gz`` in the cohort folder)."""
         path = self.root / "brain_mask.nii.gz"
@@ -137,8 +154,14 @@ class Cohort:
                    "sex": s.sex, "site": s.site, "dataset": s.dataset, "synthetic": s.synthetic,
                    "image": _rel(s.image, self.root), "labels": _rel(s.labels, self.root) if s.labels else "",
                    "caption": s.caption}
+            if s.lesion_mask is not None:
+                row["lesion_mask"] = _rel(s.lesion_mask, self.root)
             for k, v in s.volumes.items():
                 row[f"vol_{k}"] = v
+            for k, v in s.lesions.items():
+                row[f"les_{k}"] = v
+            for k, v in s.atrophy.items():
+                row[f"atr_{k}"] = v
             for k, v in s.percentiles.items():
                 row[f"pct_{k}"] = v
             rows.append(row)
@@ -185,6 +208,8 @@ def _subject_from_row(r: dict, root: Path) -> Subject:
 
     vols = {k[4:]: float(v) for k, v in r.items() if k.startswith("vol_") and v not in ("", None)}
     pcts = {k[4:]: float(v) for k, v in r.items() if k.startswith("pct_") and v not in ("", None)}
+    lesions = {k[4:]: float(v) for k, v in r.items() if k.startswith("les_") and v not in ("", None)}
+    atrophy = {k[4:]: float(v) for k, v in r.items() if k.startswith("atr_") and v not in ("", None)}
     return Subject(
         subject_id=str(r["subject_id"]), split=str(r["split"]), modality=str(r["modality"]),
         image=root / str(r["image"]), age=opt_float(r.get("age")),
@@ -193,6 +218,7 @@ def _subject_from_row(r: dict, root: Path) -> Subject:
         volumes=vols, percentiles=pcts, caption=str(r["caption"]),
         labels=(root / str(r["labels"])) if r.get("labels") else None,
         dataset=str(r.get("dataset", "")), synthetic=str(r.get("synthetic", "")).lower() == "true",
+        lesions=lesions, atrophy=atrophy, lesion_mask=(root / str(r["lesion_mask"])) if r.get("lesion_mask") else None,
     )
 
 
