@@ -112,6 +112,22 @@ def pathology_phrase(subject: Subject) -> str:
     return "with " + ", ".join(parts)
 
 
+def _signed(x: float) -> str:
+    return f"{x:+.1f} %".replace("+0.0 %", "0.0 %").replace("-0.0 %", "0.0 %")
+
+
+def followup_sentence(subject: Subject) -> str:
+    """"Follow-up at 12 months; since the previous scan: 2 new lesions, 1 enlarging lesion, thalamus
+    -1.2 %, caudate -0.8 %, brain -0.6 %." (empty for a baseline or a cross-sectional subject)."""
+    if not subject.session or not subject.months:
+        return ""
+    c = subject.changes
+    events = [_count(c.get("new_lesions", 0), "new lesion"), _count(c.get("enlarging_lesions", 0), "enlarging lesion")]
+    pcts = [f"{w} {_signed(c[k])}" for k, w in (("thalamus_pct", "thalamus"), ("caudate_pct", "caudate"),
+                                                  ("brain_pct", "brain")) if k in c]
+    return f"Follow-up at {int(round(subject.months))} months; since the previous scan: {', '.join(events + pcts)}."
+
+
 def make_caption(subject: Subject) -> str:
     """Natural-language caption of a subject (modality, demographics, structure volumes).
 
@@ -130,6 +146,9 @@ def make_caption(subject: Subject) -> str:
     modality = MODALITY_WORDS.get(subject.modality, subject.modality)
     patho = pathology_phrase(subject)
     parts.append(f"{modality} brain MRI of {who(subject.age, subject.sex)}" + (f" {patho}." if patho else "."))
+    follow = followup_sentence(subject)
+    if follow:
+        parts.append(follow)
     regional = [k for k in REGIONAL if k in subject.volumes]
     tissue = [k for k in TISSUE if k in subject.volumes]
     clauses = []
@@ -186,7 +205,7 @@ _CLAUSE_SPLIT = re.compile(r"[;,]|\.(?!\d)|\bwith\b|\band\b", re.I)
 _WORD_NUMBERS = {"no": 0, "zero": 0, "one": 1, "a": 1, "an": 1, "a single": 1, "two": 2, "three": 3, "four": 4,
                  "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10}
 _COUNT = r"(\d+|no|zero|one|a single|an?|two|three|four|five|six|seven|eight|nine|ten)"
-_LESIONS_TOTAL = re.compile(_COUNT + r"\s+(?:(?:new|enlarging|T2|FLAIR|hyperintense|MS)\s+)*"
+_LESIONS_TOTAL = re.compile(_COUNT + r"\s+(?:(?:T2|FLAIR|hyperintense|MS)\s+)*"
                             r"(?:white[\s-]*matter\s+|WM\s+)?(?:lesions?|plaques?)\b", re.I)
 _LESION_CLASS = {
     "periventricular": re.compile(_COUNT + r"\s+(?:are\s+|of\s+them\s+)?periventricular\b", re.I),
@@ -198,7 +217,37 @@ _LESION_VOLUME = re.compile(r"(?:total\s+)?lesion\s+(?:volume|load)\s*(?:of|=|:)
                             + r"\s*(?:ml|cc|cm3|cm³)\b|(?:lesions?|plaques?)\b[^.;]*?\btotal(?:ling)?\s+(?:of\s+)?"
                             + _NUM + r"\s*(?:ml|cc|cm3|cm³)\b", re.I)
 _LESION_CLAUSE = re.compile(r"lesion|plaque|periventricular|juxta[\s-]?cortical|infra[\s-]?tentorial|"
-                            r"\bdeep\s+white", re.I)
+                            r"\bdeep\s+white|%|follow[\s-]*up", re.I)
+
+
+_MONTHS = re.compile(r"follow[\s-]*up\s+(?:at|after|of)\s+" + _NUM + r"\s*months?\b", re.I)
+_NEW = re.compile(_COUNT + r"\s+new\s+(?:white[\s-]*matter\s+|T2\s+|FLAIR\s+)?(?:lesions?|plaques?)\b", re.I)
+_ENLARGING = re.compile(_COUNT + r"\s+enlarging\s+(?:white[\s-]*matter\s+|T2\s+)?(?:lesions?|plaques?)\b", re.I)
+_PCT_CHANGE = {key: re.compile(rf"\b{word}\s*(?:volume\s*)?(?:change\s*)?(?:of\s*)?([+\-−–]?\s*\d+(?:\.\d+)?)\s*%", re.I)
+               for key, word in (("thalamus_pct", r"thalam(?:us|ic)"), ("caudate_pct", "caudate"),
+                                 ("brain_pct", r"(?:whole[\s-]*)?brain"))}
+
+
+def parse_changes(text: str) -> dict:
+    """What a follow-up caption or prompt asks to change: ``months`` since baseline, ``new_lesions``,
+    ``enlarging_lesions`` and ``thalamus_pct`` / ``caudate_pct`` / ``brain_pct`` (only the keys it states).
+
+    >>> parse_changes("follow-up at 12 months: 2 new lesions, thalamus −1.2 %")
+    {'months': 12.0, 'new_lesions': 2, 'thalamus_pct': -1.2}
+    """
+    out: dict = {}
+    m = _MONTHS.search(text)
+    if m:
+        out["months"] = float(m.group(1))
+    for key, pat in (("new_lesions", _NEW), ("enlarging_lesions", _ENLARGING)):
+        m = pat.search(text)
+        if m:
+            out[key] = _number(m.group(1))
+    for key, pat in _PCT_CHANGE.items():
+        m = pat.search(text)
+        if m:
+            out[key] = float(re.sub(r"\s", "", m.group(1)).replace("−", "-").replace("–", "-"))
+    return out
 
 
 def _number(word: str) -> int:
@@ -249,7 +298,8 @@ def parse_caption(text: str) -> dict:
         ``{"modality": "T1"|"T2"|"PD"|"FLAIR"|None, "age": float|None, "sex": "F"|"M"|None,
         "volumes": {key: mL}, "percentiles": {key: pct}, "qualitative": {key: "large"|"small"},
         "synthetic": bool}`` with keys from :data:`~cohorts.subject.STRUCTURES`, plus ``"lesions"``
-        (:func:`parse_lesions`) when the text speaks of lesions.
+        (:func:`parse_lesions`) when the text speaks of lesions and ``"changes"`` (:func:`parse_changes`)
+        when it states a follow-up's changes.
     """
     out: dict = {"modality": None, "age": None, "sex": None, "volumes": {}, "percentiles": {},
                  "qualitative": {}, "synthetic": bool(re.search(r"\bsynthetic\b", text, re.I))}
@@ -271,6 +321,9 @@ def parse_caption(text: str) -> dict:
     lesions = parse_lesions(text)
     if lesions:
         out["lesions"] = lesions
+    changes = parse_changes(text)
+    if changes:
+        out["changes"] = changes
     for clause in _CLAUSE_SPLIT.split(text):
         if _LESION_CLAUSE.search(clause):  # "2 deep white-matter", "total lesion volume 8.4 mL"
             continue

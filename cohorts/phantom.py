@@ -92,8 +92,7 @@ def _load_done(out: Path, grid: Grid, seed: int, index: int, cls: type | None = 
     cls = cls or PhantomCohort
     sid = cls.subject_id(index)
     mp = _meta_path(out, sid)
-    files = [out / "images" / f"{sid}.nii.gz", out / "labels" / f"{sid}.nii.gz"]
-    files += [out / d / f"{sid}.nii.gz" for d in cls.extra_maps]
+    files = [out / d / f"{vid}.nii.gz" for vid in cls.volume_ids(index) for d in ("images", "labels", *cls.extra_maps)]
     if not (mp.exists() and all(f.exists() for f in files)):
         return None
     try:
@@ -151,6 +150,12 @@ class PhantomCohort:
         return subject_id(index)
 
     @classmethod
+    def volume_ids(cls, index: int) -> list[str]:
+        """The ids of the volumes subject ``index`` writes (one; a longitudinal cohort writes one per
+        session)."""
+        return [cls.subject_id(index)]
+
+    @classmethod
     def synthesize_subject(cls, out: Path, grid: Grid, seed: int, index: int, home: str) -> dict:
         """Render subject ``index``, write its image and labels, return its metadata (a worker calls
         this; a subclass renders more, e.g. pathology)."""
@@ -162,6 +167,11 @@ class PhantomCohort:
                 "builder_version": cls.builder_version, "subject_id": p.subject_id, "index": index, "age": p.age,
                 "sex": p.sex, "modality": p.modality, "site": p.site, "volumes": res.volumes,
                 "params": asdict(p), "seconds": round(res.seconds, 4)}
+
+    @classmethod
+    def subjects_from_meta(cls, out: Path, m: dict, split: str) -> list[Subject]:
+        """The cohort's :class:`Subject` rows of one synthesised subject (one per volume it wrote)."""
+        return [cls.subject_from_meta(out, m, split)]
 
     @classmethod
     def subject_from_meta(cls, out: Path, m: dict, split: str) -> Subject:
@@ -241,7 +251,7 @@ class PhantomCohort:
         cls.last_built = sorted(todo)
 
         splits = split_assignment(n_subjects, seed)
-        subjects = [cls.subject_from_meta(out, metas[i], splits[i]) for i in range(n_subjects)]
+        subjects = [s for i in range(n_subjects) for s in cls.subjects_from_meta(out, metas[i], splits[i])]
         compute_percentiles(subjects)
         for s in subjects:
             s.caption = make_caption(s)

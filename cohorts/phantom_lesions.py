@@ -39,13 +39,11 @@ from scipy import ndimage as ndi
 from cohorts import atlas
 from cohorts.grid import Grid, get_grid
 
-__all__ = ["LESION_CLASSES", "LESION_WORDS", "LESION_TISSUE_3T", "BLACK_HOLE_T1", "Lesion", "Pathology",
+__all__ = ["LESION_CLASSES", "LESION_TISSUE_3T", "BLACK_HOLE_T1", "Lesion", "Pathology", "Change",
+           "activity", "evolve", "NEW_PER_YEAR",
            "MSWorkspace", "ms_workspace", "sample_pathology", "rasterise"]
 
 LESION_CLASSES = ("periventricular", "juxtacortical", "deep", "infratentorial")
-#: how a caption names each class
-LESION_WORDS = {"periventricular": "periventricular", "juxtacortical": "juxtacortical",
-                "deep": "deep white-matter", "infratentorial": "infratentorial"}
 #: lesion tissue at 3 T (T1 ms, T2 ms, PD): between white matter (830, 80, 0.69) and CSF
 LESION_TISSUE_3T = (1150.0, 170.0, 0.80)
 #: T1 (ms) of a chronic "black hole"
@@ -123,6 +121,7 @@ class MSWorkspace:
     thal_grad: np.ndarray  # (3, *wshape) unit-peak displacement towards the thalami
     caud_grad: np.ndarray
     flow_support: np.ndarray  # bool: where thal_grad or caud_grad can be non-zero (corner support)
+    wm: np.ndarray  # the template's white-matter probability (a lesion is the part of its ellipsoid in WM)
 
 
 @lru_cache(maxsize=2)
@@ -151,7 +150,7 @@ def _ms_workspace(grid_name: str, home: str) -> MSWorkspace:
     support = _corner_support((thal_grad != 0).any(0) | (caud_grad != 0).any(0))
     for a in (*masks.values(), away, thal_grad, caud_grad, support):
         a.setflags(write=False)
-    return MSWorkspace(wvs, ws.waffine, masks, away, thal_grad, caud_grad, support)
+    return MSWorkspace(wvs, ws.waffine, masks, away, thal_grad, caud_grad, support, pri.wm)
 
 
 def ms_workspace(grid: str | Grid = "3mm", home: str | Path | None = None) -> MSWorkspace:
@@ -240,7 +239,10 @@ def _place(rng: np.random.Generator, mws: MSWorkspace, kind: str, ml: float, pla
 
 # ------------------------------------------------------------------------------------ rendering
 def rasterise(pathology: Pathology, mws: MSWorkspace, shape: tuple[int, int, int]) -> np.ndarray:
-    """Lesion ids (int16, 0 = none, k + 1 = ``pathology.lesions[k]``) on the template working grid."""
+    """Lesion ids (int16, 0 = none, k + 1 = ``pathology.lesions[k]``) on the template working grid.
+
+    A lesion is the connected part of its ellipsoid, in white matter, that holds its centre: one lesion
+    stays one connected component even where its ellipsoid crosses a sulcus or a ventricle's edge."""
     ids = np.zeros(shape, dtype=np.int16)
     inv = np.linalg.inv(mws.waffine)
     for k, les in enumerate(pathology.lesions):
@@ -255,6 +257,71 @@ def rasterise(pathology: Pathology, mws: MSWorkspace, shape: tuple[int, int, int
         world = mws.waffine[:3, :3] @ grid + mws.waffine[:3, 3:4]
         local = np.asarray(les.rotation).T @ (world - c[:, None])
         inside = (((local / np.asarray(les.axes_mm)[:, None]) ** 2).sum(0) <= 1.0).reshape(tuple(hi - lo))
+        inside &= mws.wm[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] > 0.05
+        parts, n = ndi.label(inside)
+        if n > 1:
+            sizes = np.bincount(parts.ravel())
+            sizes[0] = 0
+            centre = tuple(np.clip(np.rint(cv).astype(int) - lo, 0, np.array(inside.shape) - 1))
+            keep = parts[centre] if parts[centre] > 0 else int(sizes.argmax())
+            inside = parts == keep
         box = ids[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
         box[inside & (box == 0)] = k + 1
     return ids
+
+
+# ------------------------------------------------------------------------------------ evolution
+#: new lesions per year of an MS subject: lognormal around this median (disease activity)
+NEW_PER_YEAR = 1.0
+_ENLARGE_PER_YEAR = 0.1  # chance per lesion and year to enlarge
+_ENLARGE_FACTOR = (1.4, 2.2)  # volume factor of an enlarging lesion
+_ENLARGE_GAP_MM = 2.0  # an enlarging lesion keeps this gap (bounding spheres) to every other lesion
+# deep grey-matter atrophy per year of an MS subject (peak mm; ~1 % of the thalamus per year)
+_THAL_MM_PER_YEAR = 0.04
+_CAUD_MM_PER_YEAR = 0.025
+
+
+@dataclass
+class Change:
+    """What happened to a subject's pathology between two sessions."""
+
+    new: int = 0  # lesions that appeared
+    enlarging: int = 0  # lesions that grew
+
+
+def activity(rng: np.random.Generator, pathology: Pathology) -> float:
+    """A subject's disease activity: new lesions per year (0 for a healthy control)."""
+    return float(NEW_PER_YEAR * rng.lognormal(0.0, 0.8)) if pathology.ms else 0.0
+
+
+def evolve(pathology: Pathology, rng: np.random.Generator, mws: MSWorkspace, years: float,
+           new_per_year: float) -> tuple[Pathology, Change]:
+    """The pathology ``years`` later: Poisson(``new_per_year * years``) new lesions placed like the
+    baseline's, each lesion enlarging with probability ``1 - (1 - 0.1)^years`` (volume x1.4-2.2, when it
+    keeps a 2 mm gap), and the deep grey-matter shrink grown by ~1 %/year. Existing lesions keep their
+    index (the rasterised id of lesion k stays k + 1), so lesion-wise change can be followed."""
+    if not pathology.ms:
+        return Pathology(ms=False), Change()
+    lesions = [Lesion(**asdict(les)) for les in pathology.lesions]
+    change = Change()
+    p_enlarge = 1.0 - (1.0 - _ENLARGE_PER_YEAR) ** years
+    for k, les in enumerate(lesions):
+        if rng.random() >= p_enlarge:
+            continue
+        grown = [a * rng.uniform(*_ENLARGE_FACTOR) ** (1.0 / 3.0) for a in les.axes_mm]
+        c = np.asarray(les.centre_mm)
+        if all(np.linalg.norm(c - np.asarray(o.centre_mm)) > max(grown) + max(o.axes_mm) + _ENLARGE_GAP_MM
+               for j, o in enumerate(lesions) if j != k):
+            les.axes_mm = grown
+            change.enlarging += 1
+    for _ in range(int(rng.poisson(new_per_year * years))):
+        k = int(rng.choice(len(LESION_CLASSES), p=_CLASS_SHARE))
+        kind = LESION_CLASSES[k]
+        ml = float(np.clip(_MEDIAN_ML[kind] * rng.lognormal(0.0, _SIZE_SIGMA), *_ML_RANGE))
+        les = _place(rng, mws, kind, ml, lesions)
+        if les is not None:
+            lesions.append(les)
+            change.new += 1
+    grow = years * rng.lognormal(0.0, 0.3)
+    return Pathology(True, lesions, pathology.thalamus_mm + _THAL_MM_PER_YEAR * grow,
+                     pathology.caudate_mm + _CAUD_MM_PER_YEAR * grow), change

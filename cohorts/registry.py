@@ -12,6 +12,8 @@ cohorts.register("phantom", "cohorts.phantom:PhantomCohort",
                  description="SYNTHETIC cohort built offline from ICBM152 + Neuromorphometrics priors")
 cohorts.register("phantom-ms", "cohorts.phantom_ms:PhantomMSCohort",
                  description="SYNTHETIC phantom with MS-like white-matter lesions and deep grey-matter atrophy")
+cohorts.register("phantom-ms-long", "cohorts.phantom_ms:PhantomMSLongCohort",
+                 description="SYNTHETIC longitudinal phantom-ms: a baseline and two follow-ups per subject")
 for _name, _cls, _desc in (("ixi", "IXICohort", "IXI (T1/T2/PD, 3 London sites), prepared from its download"),
                            ("oasis1", "OASIS1Cohort", "OASIS-1 cross-sectional T1w, prepared from its download"),
                            ("ibsr", "IBSRCohort", "IBSR V2.0 T1w with manual labels, prepared from its download"),

@@ -73,6 +73,13 @@ class Subject:
     #: deep grey-matter atrophy: structure key -> % volume lost to disease (e.g. ``{"thalamus": 6.1}``)
     atrophy: dict[str, float] = field(default_factory=dict)
     lesion_mask: Path | None = None
+    #: longitudinal data: the subject whose sessions these are (its volumes share it), this volume's
+    #: session (``ses-00`` is the baseline), months since the baseline, and what changed since the
+    #: previous session (``new_lesions``, ``enlarging_lesions``, ``thalamus_pct``, ``brain_pct``, ...)
+    sequence: str = ""
+    session: str = ""
+    months: float | None = None
+    changes: dict[str, float] = field(default_factory=dict)
 
     def attributes(self) -> dict:
         """The attributes a caption carries (what a prompt asks for)."""
@@ -81,6 +88,8 @@ class Subject:
             out["lesions"] = dict(self.lesions)
         if self.atrophy:
             out["atrophy"] = dict(self.atrophy)
+        if self.session:
+            out.update(sequence=self.sequence, session=self.session, months=self.months, changes=dict(self.changes))
         return out
 
 
@@ -156,6 +165,9 @@ class Cohort:
                    "caption": s.caption}
             if s.lesion_mask is not None:
                 row["lesion_mask"] = _rel(s.lesion_mask, self.root)
+            if s.session:
+                row.update(sequence=s.sequence, session=s.session, months=s.months)
+                row.update({f"chg_{k}": v for k, v in s.changes.items()})
             for k, v in s.volumes.items():
                 row[f"vol_{k}"] = v
             for k, v in s.lesions.items():
@@ -210,6 +222,7 @@ def _subject_from_row(r: dict, root: Path) -> Subject:
     pcts = {k[4:]: float(v) for k, v in r.items() if k.startswith("pct_") and v not in ("", None)}
     lesions = {k[4:]: float(v) for k, v in r.items() if k.startswith("les_") and v not in ("", None)}
     atrophy = {k[4:]: float(v) for k, v in r.items() if k.startswith("atr_") and v not in ("", None)}
+    changes = {k[4:]: float(v) for k, v in r.items() if k.startswith("chg_") and v not in ("", None)}
     return Subject(
         subject_id=str(r["subject_id"]), split=str(r["split"]), modality=str(r["modality"]),
         image=root / str(r["image"]), age=opt_float(r.get("age")),
@@ -219,6 +232,8 @@ def _subject_from_row(r: dict, root: Path) -> Subject:
         labels=(root / str(r["labels"])) if r.get("labels") else None,
         dataset=str(r.get("dataset", "")), synthetic=str(r.get("synthetic", "")).lower() == "true",
         lesions=lesions, atrophy=atrophy, lesion_mask=(root / str(r["lesion_mask"])) if r.get("lesion_mask") else None,
+        sequence=str(r.get("sequence") or ""), session=str(r.get("session") or ""), months=opt_float(r.get("months")),
+        changes=changes,
     )
 
 

@@ -153,3 +153,89 @@ def test_healthy_phantom_unchanged_by_pathology_code(tmp_path):
     assert a.subject_id == "phantom-ms-0003" and b.subject_id == "phantom-0003"
     assert a.svf_seed != b.svf_seed and 18 <= a.age <= 65
     assert sample_params(0, 3, stream=()) == b  # the phantom's own stream is unchanged
+
+
+# ------------------------------------------------------------------------------------ longitudinal
+@pytest.fixture(scope="module")
+def long(tmp_path_factory) -> Cohort:
+    home = tmp_path_factory.getbasetemp() / "bgb_home"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("BRAINGENBENCH_HOME", str(home))
+    try:
+        yield cohorts.get("phantom-ms-long").get("3mm", home=home, n_subjects=8, seed=0, workers=2, quiet=True)
+    finally:
+        mp.undo()
+
+
+def _sequences(cohort: Cohort) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for s in cohort.subjects:
+        out.setdefault(s.sequence, []).append(s)
+    return {k: sorted(v, key=lambda s: s.months) for k, v in out.items()}
+
+
+def test_sessions_layout(long, ms):
+    seqs = _sequences(long)
+    assert len(seqs) == 8 and all(len(v) == 3 for v in seqs.values())
+    for sid, ses in seqs.items():
+        assert [s.session for s in ses] == ["ses-00", "ses-01", "ses-02"] and ses[0].months == 0
+        gaps = np.diff([s.months for s in ses])
+        assert np.all((gaps >= 6) & (gaps <= 18))
+        assert len({s.split for s in ses}) == 1 and len({(s.modality, s.sex, s.site) for s in ses}) == 1
+        assert ses[0].changes == {} and all(set(s.changes) >= {"new_lesions", "thalamus_pct"} for s in ses[1:])
+        # the baseline is the cross-sectional cohort's subject, byte for byte
+        assert ses[0].image.read_bytes() == ms.by_id(sid).image.read_bytes()
+        assert ses[2].age == pytest.approx(ses[0].age + ses[2].months / 12)
+
+
+def test_followups_change_by_what_their_captions_say(long):
+    vox_ml = long.grid.voxel_size**3 / 1000.0
+    n_new = n_enlarging = 0
+    for ses in _sequences(long).values():
+        for prev, cur in zip(ses, ses[1:]):
+            said = parse_caption(cur.caption)["changes"]
+            assert said["months"] == round(cur.months)
+            a, b = _fraction(long, prev), _fraction(long, cur)
+            assert ndi.label(b > 0)[1] - ndi.label(a > 0)[1] == said["new_lesions"] == cur.changes["new_lesions"]
+            assert float((b.sum(dtype=np.float64) - a.sum(dtype=np.float64)) * vox_ml) == pytest.approx(
+                cur.changes["lesion_volume_ml"], abs=0.002)
+            assert b.sum() >= a.sum() - 1e-3  # lesions do not shrink
+            for key in ("thalamus", "caudate"):
+                measured = 100 * (cur.volumes[key] / prev.volumes[key] - 1)
+                assert said[f"{key}_pct"] == pytest.approx(measured, abs=0.06)  # stated to 0.1 %
+            n_new += cur.changes["new_lesions"]
+            n_enlarging += cur.changes["enlarging_lesions"]
+    assert n_new > 0 and n_enlarging > 0
+
+
+def test_followups_keep_identity_and_ms_subjects_lose_more_brain(long):
+    seqs = _sequences(long)
+    keys = sorted(seqs)
+    own, other = [], []
+    for i, sid in enumerate(keys):
+        base, fu = long.load_volume(seqs[sid][0]), long.load_volume(seqs[sid][2])
+        stranger = long.load_volume(seqs[keys[(i + 1) % len(keys)]][2])
+        unchanged = (_fraction(long, seqs[sid][2]) == 0) & (base > 0)
+        own.append(np.corrcoef(base[unchanged], fu[unchanged])[0, 1])
+        other.append(np.corrcoef(base[unchanged], stranger[unchanged])[0, 1])
+    assert min(own) > 0.9 and min(own) > max(other)
+    rate = {True: [], False: []}
+    for ses in seqs.values():
+        rate[ses[0].lesions["count"] > 0].append(sum(s.changes["brain_pct"] for s in ses[1:]) / (ses[-1].months / 12))
+    assert rate[True] and rate[False] and np.mean(rate[True]) < np.mean(rate[False]) < 0
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("follow-up at 12 months: 2 new lesions, thalamus −1.2 %", {"months": 12.0, "new_lesions": 2, "thalamus_pct": -1.2}),
+    ("Follow-up at 18 months; since the previous scan: 0 new lesions, 1 enlarging lesion, thalamus -0.9 %, "
+     "caudate +0.1 %, brain -0.4 %.", {"months": 18.0, "new_lesions": 0, "enlarging_lesions": 1, "thalamus_pct": -0.9,
+                                        "caudate_pct": 0.1, "brain_pct": -0.4}),
+    ("FLAIR MRI of a 30-year-old woman", {}),
+])
+def test_parse_changes(text, expected):
+    from cohorts.captions import parse_changes
+
+    assert parse_changes(text) == expected
+    parsed = parse_caption(text)
+    assert parsed.get("changes", {}) == expected and "thalamus" not in parsed["volumes"]
+    assert "count" not in parsed.get("lesions", {})  # "2 new lesions" is not the lesion count
