@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ("core.io", "core.names", "generators.common.autoencoder", "generators.ldm3d.conditioning")
+MODULES = ("core.io", "core.names", "generators.common.autoencoder", "generators.ldm3d.conditioning", "cohorts.captions")
 
 
 @pytest.mark.parametrize("name", MODULES)
