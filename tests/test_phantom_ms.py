@@ -118,7 +118,7 @@ def test_deep_grey_matter_atrophy_follows_lesion_load(ms):
     load = [s.lesions["volume"] for s in patients]
     for key in ("thalamus", "caudate"):
         lost = [s.atrophy[key] for s in patients]
-        assert min(lost) > 0 and spearmanr(load, lost).statistic > 0.5, key  # 24 subjects: 0.70 thalamus, 0.67 caudate
+        assert min(lost) > 0 and spearmanr(load, lost).statistic > 0.5, key  # 24 subjects: 0.67 thalamus, 0.68 caudate
         assert max(lost) < 25  # a few per cent per 10 mL, not a collapse
     for s in ms.subjects:
         if s.lesions["count"] == 0:
