@@ -136,10 +136,11 @@ class Cohort:
         return out
 
     def load_lesion_mask(self, subject: Subject) -> np.ndarray | None:
-        """Lesion mask (D, H, W) bool, or ``None`` when the subject has none on disk."""
+        """Lesion tissue fraction (D, H, W) float32 in [0, 1] (``> 0.5`` is the binary mask), or ``None``
+        when the subject has no lesion map on disk."""
         if subject.lesion_mask is None:
             return None
-        return _load_nifti(subject.lesion_mask, self.grid) > 0.5
+        return _load_nifti(subject.lesion_mask, self.grid)
 
     def brain_mask(self) -> np.ndarray:
         """Atlas brain mask on the grid (D, H, W) bool (``brain_mask.nii.gz`` in the cohort folder)."""

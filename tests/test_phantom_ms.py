@@ -30,9 +30,7 @@ def ms(tmp_path_factory) -> Cohort:
 
 
 def _fraction(cohort: Cohort, s) -> np.ndarray:
-    import nibabel as nib
-
-    return np.asarray(nib.load(str(s.lesion_mask)).dataobj, dtype=np.float32)
+    return cohort.load_lesion_mask(s)
 
 
 def test_layout_meta_and_reload(ms):
