@@ -64,3 +64,19 @@ def tiny_cohort(root: Path, n: int = 6, *, detailed: bool = True) -> Cohort:
     cohort = Cohort("tiny", root, TINY, subjects, {"synthetic": True})
     cohort.save()
     return cohort
+
+
+def registered_cohort(tmp_path_factory, name: str, grid: str = "3mm", **build):
+    """Generator for a module fixture: the registered cohort ``name`` built (once per test session) in
+    the session's ``bgb_home``, with ``BRAINGENBENCH_HOME`` pointing there while the module runs."""
+    import pytest
+
+    from cohorts.registry import cohorts
+
+    home = tmp_path_factory.getbasetemp() / "bgb_home"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("BRAINGENBENCH_HOME", str(home))
+    try:
+        yield cohorts.get(name).get(grid, home=home, quiet=True, **build)
+    finally:
+        mp.undo()

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cohorts.registry import cohorts
-from core.io import sha256_file
 from bench.lesionseg_train import lesion_scores, validate
+from core.io import sha256_file
 from metrics.lesionseg import WEIGHTS, WEIGHTS_SHA256, load_lesion_net, normalise
+from tests._helpers import registered_cohort
 
 N_PARAMS = 90_345
 
@@ -63,13 +63,7 @@ def test_lesion_scores_on_hand_made_maps():
 
 @pytest.fixture(scope="module")
 def held_out(tmp_path_factory):
-    home = tmp_path_factory.getbasetemp() / "bgb_home"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("BRAINGENBENCH_HOME", str(home))
-    try:
-        yield cohorts.get("phantom-ms").get("3mm", home=home, n_subjects=24, seed=0, workers=2, quiet=True)
-    finally:
-        mp.undo()
+    yield from registered_cohort(tmp_path_factory, "phantom-ms", n_subjects=24, seed=0, workers=2)
 
 
 def test_accuracy_on_held_out_subjects(held_out):

@@ -10,23 +10,16 @@ from scipy.stats import spearmanr
 
 from cohorts.captions import ATROPHY_MENTION_PCT, parse_caption, parse_lesions
 from cohorts.phantom_lesions import BLACK_HOLE_T1, LESION_CLASSES, LESION_TISSUE_3T
-from cohorts.phantom_ms import PhantomMSCohort
 from cohorts.phantom_params import SEQUENCES, TISSUE_3T, signal
-from cohorts.registry import cohorts
 from cohorts.subject import Cohort
+from tests._helpers import registered_cohort
 
 N = 24
 
 
 @pytest.fixture(scope="module")
 def ms(tmp_path_factory) -> Cohort:
-    home = tmp_path_factory.getbasetemp() / "bgb_home"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("BRAINGENBENCH_HOME", str(home))
-    try:
-        yield cohorts.get("phantom-ms").get("3mm", home=home, n_subjects=N, seed=0, workers=2, quiet=True)
-    finally:
-        mp.undo()
+    yield from registered_cohort(tmp_path_factory, "phantom-ms", n_subjects=N, seed=0, workers=2)
 
 
 def _fraction(cohort: Cohort, s) -> np.ndarray:
@@ -156,13 +149,7 @@ def test_healthy_phantom_unchanged_by_pathology_code(tmp_path):
 # ------------------------------------------------------------------------------------ longitudinal
 @pytest.fixture(scope="module")
 def long(tmp_path_factory) -> Cohort:
-    home = tmp_path_factory.getbasetemp() / "bgb_home"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("BRAINGENBENCH_HOME", str(home))
-    try:
-        yield cohorts.get("phantom-ms-long").get("3mm", home=home, n_subjects=8, seed=0, workers=2, quiet=True)
-    finally:
-        mp.undo()
+    yield from registered_cohort(tmp_path_factory, "phantom-ms-long", n_subjects=8, seed=0, workers=2)
 
 
 def _sequences(cohort: Cohort) -> dict[str, list]:
