@@ -106,7 +106,8 @@ def _build_one(task: tuple) -> dict:
     """Worker: synthesise and write one subject, return its metadata (module level: picklable)."""
     cls, out_s, grid_name, seed, index, home = task
     out, grid = Path(out_s), get_grid(grid_name)
-    meta = cls.synthesize_subject(out, grid, seed, index, home)
+    meta = {"spec": _subject_spec(grid, seed, index, cls.builder_version), "builder_version": cls.builder_version,
+            "index": index, **cls.synthesize_subject(out, grid, seed, index, home)}
     mp = _meta_path(out, meta["subject_id"])
     tmp = mp.with_name(mp.name + ".tmp")
     tmp.write_text(json.dumps(meta, indent=1))
@@ -158,14 +159,12 @@ class PhantomCohort:
     @classmethod
     def synthesize_subject(cls, out: Path, grid: Grid, seed: int, index: int, home: str) -> dict:
         """Render subject ``index``, write its image and labels, return its metadata (a worker calls
-        this; a subclass renders more, e.g. pathology)."""
+        this and adds the spec; a subclass renders more, e.g. pathology)."""
         res = synthesize(seed, index, grid, home)
         p = res.params
         save_nifti(out / "images" / f"{p.subject_id}.nii.gz", res.image, grid, np.float32)
         save_nifti(out / "labels" / f"{p.subject_id}.nii.gz", res.labels, grid, np.uint8)
-        return {"spec": _subject_spec(grid, seed, index, cls.builder_version),
-                "builder_version": cls.builder_version, "subject_id": p.subject_id, "index": index, "age": p.age,
-                "sex": p.sex, "modality": p.modality, "site": p.site, "volumes": res.volumes,
+        return {"subject_id": p.subject_id, "age": p.age, "sex": p.sex, "modality": p.modality, "site": p.site, "volumes": res.volumes,
                 "params": asdict(p), "seconds": round(res.seconds, 4)}
 
     @classmethod

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from cohorts.grid import Grid
-from cohorts.phantom import PhantomCohort, _subject_spec
+from cohorts.phantom import PhantomCohort
 from cohorts.phantom_lesions import LESION_CLASSES, Change, Pathology, activity, evolve, ms_workspace, sample_pathology
 from cohorts.phantom_params import sample_params
 from cohorts.phantom_render import synthesize
@@ -68,9 +68,7 @@ class PhantomMSCohort(PhantomCohort):
     def synthesize_subject(cls, out: Path, grid: Grid, seed: int, index: int, home: str) -> dict:
         p = ms_params(seed, index)
         path = ms_pathology(seed, index, grid, home)
-        return {"spec": _subject_spec(grid, seed, index, cls.builder_version),
-                "builder_version": cls.builder_version, "index": index,
-                **_render_volume(out, grid, seed, index, home, p, path)}
+        return _render_volume(out, grid, seed, index, home, p, path)
 
     @classmethod
     def subject_from_meta(cls, out: Path, m: dict, split: str) -> Subject:
@@ -187,8 +185,7 @@ class PhantomMSLongCohort(PhantomMSCohort):
             m.update(session=f"ses-{k:02d}", months=ses.months, changes=_changes(prev, m, ses.change))
             vols.append(m)
             prev = m
-        return {"spec": _subject_spec(grid, seed, index, cls.builder_version), "builder_version": cls.builder_version,
-                "index": index, "subject_id": cls.subject_id(index), "sessions": vols,
+        return {"subject_id": cls.subject_id(index), "sessions": vols,
                 "seconds": round(sum(v["seconds"] for v in vols), 4)}
 
     @classmethod
