@@ -11,6 +11,13 @@ The output folder has the phantom's format (:class:`~cohorts.subject.Cohort`: ``
 
 Manifest columns beyond the cohort format: ``person_id``, ``session_id``, ``source_file``,
 ``skull_strip``, ``qc_ncc``, ``qc_dice``, ``qc_pass``, ``notes`` and, for IBSR, ``manual_vol_*``.
+
+Longitudinal datasets (a loader that sets ``RawSubject.session``, e.g. BIDS with sessions) add the
+cohort format's ``sequence``, ``session`` (``ses-00`` = the earliest) and ``months``. A session with a
+lesion mask (``RawSubject.lesion_mask``, in the voxel space of one of its raw images) gets, for each of
+its images, ``lesions/<id>.nii.gz``: the mask carried through that image's own registration as a lesion
+fraction (float32, ``> 0.5`` is the mask; :func:`cohorts.datasets.bids_long.lesion_fraction_on_grid`),
+and ``les_count`` / ``les_volume`` (26-connected components, mL) measured on the native mask.
 Scans that fail QC stay in the manifest with ``split = "excluded"`` (so that neither the runner nor
 the ldm3d trainer uses them) unless ``keep_qc_failures``. Splits are by person: sha256 of
 ``"<dataset>:<person_id>"`` → train 70 % / val 10 % / test 20 %. Captions come from
@@ -27,7 +34,7 @@ import logging
 import sys
 import time
 import traceback
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -73,11 +80,63 @@ def _order(mods) -> list[str]:
     return sorted(mods, key=lambda m: (m != "T1", m))
 
 
+def _step_log(sink):
+    """A :class:`~cohorts.preprocess.StepLog` that also keeps the result of the ``registration`` step (the
+    image's atlas → native transform), so that the session's lesion mask goes through that very transform."""
+    from cohorts.preprocess import StepLog
+
+    class _KeepRegistration(StepLog):
+        registration = None
+
+        def run(self, step, fn, *args, **kwargs):
+            out = super().run(step, fn, *args, **kwargs)
+            if step == "registration":
+                self.registration = out
+            return out
+
+    return _KeepRegistration(sink)
+
+
+def _read_lesions(s: RawSubject, failures: list) -> tuple | None:
+    """``(mask, affine, stats)`` of the session's lesion mask, or ``None`` (a failure is recorded)."""
+    if s.lesion_mask is None:
+        return None
+    from cohorts.datasets.bids_long import lesion_stats, read_lesion_mask
+
+    try:
+        mask, aff = read_lesion_mask(s.lesion_mask)
+        return mask, aff, lesion_stats(mask, aff)
+    except Exception as e:  # noqa: BLE001 - nibabel raises many types for broken files
+        failures.append({"subject_id": s.session_id, "file": str(s.lesion_mask), "step": "lesion_mask",
+                         "error": f"{s.lesion_mask}: cannot read the lesion mask ({type(e).__name__}: {e}); "
+                                  "download it again or remove it"})
+        return None
+
+
+def _carry_lesions(lesions: tuple, log, grid: Grid, out: Path, sid: str, failures: list) -> dict:
+    """Write ``lesions/<sid>.nii.gz`` through the image's registration; the manifest fields, or ``{}``."""
+    from cohorts.datasets.bids_long import lesion_fraction_on_grid
+
+    mask, aff, stats = lesions
+    why = None
+    if log.registration is None:
+        why = "the image's registration was not recorded (preprocess step names changed?)"
+    elif any(r["step"] == "orientation_search" for r in log.records):
+        why = "the image's header orientation was replaced by the orientation search, so its mask's is unusable"
+    if why:
+        failures.append({"subject_id": sid, "file": "", "step": "lesion_mask",
+                         "error": f"{sid}: lesion mask not carried: {why}; give the image a valid NIfTI orientation"})
+        return {}
+    rel = f"lesions/{sid}.nii.gz"
+    save_nifti(out / rel, lesion_fraction_on_grid(mask, aff, log.registration, grid), grid, np.float32)
+    return {"lesion_mask": rel, "lesions": dict(stats)}
+
+
 def _prepare_session(task: tuple) -> dict:
-    """Worker: every scan of one session; writes images/labels and ``work/<session>.json``."""
+    """Worker: every scan of one session; writes images/labels(/lesions) and ``work/<session>.json``."""
     raw_subject, out_s, grid_name, options, spec, dataset, threads = task
     _limit_threads(threads)
-    from cohorts.preprocess import PreprocessError, StepLog, preprocess_image
+    from cohorts.preprocess import PreprocessError, preprocess_image
 
     s: RawSubject = raw_subject
     out, grid = Path(out_s), get_grid(grid_name)
@@ -92,6 +151,7 @@ def _prepare_session(task: tuple) -> dict:
         except Exception as e:  # noqa: BLE001
             failures.append({"subject_id": s.session_id, "file": str(s.manual_labels), "step": "manual_labels",
                              "error": f"cannot read the manual segmentation ({e}); manual volumes omitted"})
+    lesions = _read_lesions(s, failures)
     for mod in _order(s.scans):
         if options["modalities"] and mod not in options["modalities"]:
             continue
@@ -101,7 +161,7 @@ def _prepare_session(task: tuple) -> dict:
         for path in [scan.path, *scan.alternatives]:
             t0 = time.perf_counter()
             records: list[dict] = []
-            log = StepLog(records.append)
+            log = _step_log(records.append)
             try:
                 result = preprocess_image(path, mod, grid, skull_strip_method=options["skull_strip"],
                                           fallback_mask=t1_mask, deformable=options["deformable"], log=log)
@@ -130,12 +190,14 @@ def _prepare_session(task: tuple) -> dict:
         save_nifti(out / lab_rel, result.labels, grid, np.uint8)
         if mod == "T1":
             t1_mask = (result.native_mask, result.native_affine)
+        les = _carry_lesions(lesions, log, grid, out, sid, failures) if lesions is not None else {}
         skull = next((r.get("method") for r in result.steps if r["step"] == "skull_strip"), "")
         entries.append({"subject_id": sid, "modality": mod, "image": img_rel, "labels": lab_rel,
                         "source_file": str(used), "volumes": result.volumes, "skull_strip": skull,
-                        **result.qc, "manual": manual if mod == "T1" else {}})
+                        **result.qc, "manual": manual if mod == "T1" else {}, **les})
     rec = {"spec": spec, "person_id": s.person_id, "session_id": s.session_id, "age": s.age, "sex": s.sex,
-           "site": s.site, "notes": list(s.notes), "entries": entries, "failures": failures}
+           "site": s.site, "notes": list(s.notes), "entries": entries, "failures": failures,
+           "lesion_source": str(s.lesion_mask) if s.lesion_mask else None}
     wp = out / "work" / f"{s.session_id}.json"
     wp.parent.mkdir(parents=True, exist_ok=True)
     tmp = wp.with_name(wp.name + ".tmp")
@@ -160,17 +222,18 @@ def _limit_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
-def _load_done(out: Path, session_id: str, spec: str) -> dict | None:
-    wp = out / "work" / f"{session_id}.json"
+def _load_done(out: Path, s: RawSubject, spec: str) -> dict | None:
+    wp = out / "work" / f"{s.session_id}.json"
     if not wp.exists():
         return None
     try:
         rec = json.loads(wp.read_text())
     except (OSError, ValueError):
         return None
-    if rec.get("spec") != spec:
+    if rec.get("spec") != spec or rec.get("lesion_source") != (str(s.lesion_mask) if s.lesion_mask else None):
         return None
-    if any(not (out / e["image"]).exists() or not (out / e["labels"]).exists() for e in rec.get("entries", [])):
+    if any(not (out / e[k]).exists() for e in rec.get("entries", []) for k in ("image", "labels", "lesion_mask")
+           if k in e):
         return None
     return rec
 
@@ -236,7 +299,7 @@ def prepare_cohort(dataset: str, raw_dir: str | Path, out: str | Path | None = N
     done: dict[str, dict] = {}
     todo: list[RawSubject] = []
     for s in sessions:
-        rec = _load_done(out, s.session_id, spec)
+        rec = _load_done(out, s, spec)
         if rec is None:
             todo.append(s)
         else:
@@ -323,7 +386,9 @@ def prepare_cohort(dataset: str, raw_dir: str | Path, out: str | Path | None = N
             subjects.append(Subject(
                 subject_id=e["subject_id"], split=sp, modality=e["modality"], image=out / e["image"],
                 labels=out / e["labels"], age=rec.get("age"), sex=rec.get("sex"), site=rec.get("site"),
-                volumes=dict(e["volumes"]), dataset=info.name, synthetic=False))
+                volumes=dict(e["volumes"]), dataset=info.name, synthetic=False, lesions=dict(e.get("lesions", {})),
+                lesion_mask=out / e["lesion_mask"] if e.get("lesion_mask") else None,
+                sequence=s.sequence, session=s.session, months=s.months))
             ex = {"person_id": rec["person_id"], "session_id": rec["session_id"], "source_file": e["source_file"],
                   "skull_strip": e["skull_strip"], "qc_ncc": e["qc_ncc"], "qc_dice": e["qc_dice"],
                   "qc_pass": e["qc_pass"], "notes": " | ".join(rec.get("notes", []))}
@@ -341,7 +406,9 @@ def prepare_cohort(dataset: str, raw_dir: str | Path, out: str | Path | None = N
     used = [s for s in subjects if s.split != EXCLUDED_SPLIT]
     compute_percentiles(used)
     for s in subjects:
-        s.caption = make_caption(s)
+        # real follow-ups record no lesion events between sessions (``changes``): captions.followup_sentence
+        # would state "0 new lesions", so they are captioned without it (months stay in the manifest)
+        s.caption = make_caption(replace(s, months=None) if s.months and not s.changes else s)
     for name in ("train", "val", "test"):
         if not any(s.split == name for s in used):
             logger.warning("the %s split of %s is empty (%d usable scans)", name, info.name, len(used))
@@ -357,6 +424,9 @@ def prepare_cohort(dataset: str, raw_dir: str | Path, out: str | Path | None = N
         "n_failed": len(failures), "volume_units": "mL in native (subject) space",
         "attribution": dict(atlas.ATTRIBUTION), "split_rule": "sha256('<dataset>:<person_id>') % 100: 70/10/20",
     }
+    if any(s.lesion_mask is not None for s in subjects):
+        meta["lesion_maps"] = ("lesions/<id>.nii.gz: the dataset's lesion mask carried through the image's "
+                               "registration, lesion fraction (float32); > 0.5 is the mask; les_volume in native mL")
     cohort = Cohort(info.name, out, g, subjects, meta)
     _save_with_extra(cohort, extra)
     return cohort

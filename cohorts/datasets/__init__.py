@@ -52,6 +52,13 @@ class RawSubject:
         scans: modality -> scan.
         manual_labels: a manual segmentation shipped with the dataset (IBSR), if any.
         notes: warnings about this subject (missing modality, not in the spreadsheet, ...).
+        sequence: longitudinal data only: the person whose sessions these are ("" otherwise).
+        session: longitudinal data only: this session's place in the person's sequence, ``ses-00`` =
+            the earliest (the phantom-ms-long convention).
+        months: months since the person's earliest session; ``None`` when the dataset gives no dates.
+        lesion_mask: a white-matter lesion mask in the voxel space of one of this session's raw images
+            (checked when the dataset is read); :mod:`cohorts.prepare` carries it through each image's
+            registration to ``lesions/<id>.nii.gz``.
     """
 
     person_id: str
@@ -62,6 +69,10 @@ class RawSubject:
     site: str | None = None
     manual_labels: Path | None = None
     notes: list[str] = field(default_factory=list)
+    sequence: str = ""
+    session: str = ""
+    months: float | None = None
+    lesion_mask: Path | None = None
 
 
 @dataclass
