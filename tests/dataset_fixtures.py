@@ -32,24 +32,29 @@ class FixtureScan:
     affine: np.ndarray
     volumes: dict[str, float]  # true native volumes (mL)
     params: phantom.SubjectParams
+    lesion: np.ndarray | None = None  # native lesion mask (bool, stored layout) when rendered with a pathology
 
 
 def _rotation(deg) -> np.ndarray:
     return phantom._rotation(deg)
 
 
-def phantom_result(index: int, modality: str, seed: int = 0, grid: str = "3mm") -> phantom.SynthResult:
-    """Phantom subject ``index`` rendered with ``modality`` (same anatomy for every modality)."""
+def phantom_result(index: int, modality: str, seed: int = 0, grid: str = "3mm",
+                   pathology=None) -> phantom.SynthResult:
+    """Phantom subject ``index`` rendered with ``modality`` (same anatomy for every modality); with a
+    :class:`~cohorts.phantom_lesions.Pathology`, its lesions too (``phantom-ms`` contrast and headroom)."""
     p = phantom.sample_params(seed, index)
     seq = dict(phantom.SEQUENCES[modality])
     seq.pop("kind")
     p = dataclasses.replace(p, modality=modality, sequence=seq)
+    if pathology is not None:
+        return phantom.synthesize(seed, index, grid, params=p, pathology=pathology, headroom=0.7)
     return phantom.synthesize(seed, index, grid, params=p)
 
 
 def native_scan(index: int, modality: str = "T1", *, seed: int = 0, rotation_deg=(4.0, -3.0, 5.0),
                 translation_mm=(6.0, -10.0, 12.0), scale: float = 1.05, voxel_mm=DEFAULT_VOXEL,
-                layout: str = "LPS", skull: bool = True, noise: float = 0.01) -> FixtureScan:
+                layout: str = "LPS", skull: bool = True, noise: float = 0.01, pathology=None) -> FixtureScan:
     """One native-space scan of phantom subject ``index``.
 
     Args:
@@ -60,9 +65,11 @@ def native_scan(index: int, modality: str = "T1", *, seed: int = 0, rotation_deg
         layout: voxel-axis order of the stored array (a key of :data:`LAYOUTS`).
         skull: add a scalp shell 6-11 mm outside the brain.
         noise: background/Rician-like noise level (fraction of the brain's 99.5th percentile).
+        pathology: lesions to render (:class:`~cohorts.phantom_lesions.Pathology`, template mm); the scan's
+            ``lesion`` is then the native lesion mask (the phantom's lesion fraction resampled, > 0.5).
     """
     g = phantom.get_grid("3mm")
-    res = phantom_result(index, modality, seed)
+    res = phantom_result(index, modality, seed, pathology=pathology)
     m = scale * _rotation(rotation_deg)
     t = np.asarray(translation_mm, float)
     vs = np.asarray(voxel_mm, float)
@@ -74,6 +81,7 @@ def native_scan(index: int, modality: str = "T1", *, seed: int = 0, rotation_deg
     minv = np.linalg.inv(m).astype(np.float32)
     y = minv @ (x - t.astype(np.float32)[:, None])
     data = _sample(res.image, g.affine, y, 1).reshape(shape)
+    lesion = _sample(res.tissue["lesion"], g.affine, y, 1).reshape(shape) > 0.5 if pathology is not None else None
     rng = np.random.default_rng([seed, index, 77])
     if skull:
         brain = data > 0.02
@@ -89,6 +97,7 @@ def native_scan(index: int, modality: str = "T1", *, seed: int = 0, rotation_deg
     data = (data * 1000.0).astype(np.float32)  # scanner-like units
     perm, signs = LAYOUTS[layout]
     stored = _apply_axes(data, perm, signs)
+    lesion = _apply_axes(lesion, perm, signs) if lesion is not None else None
     # stored index i' -> RAS index i: i[perm[r]] = i'[r] or n-1-i'[r]
     mm = np.zeros((4, 4))
     mm[3, 3] = 1
@@ -96,7 +105,7 @@ def native_scan(index: int, modality: str = "T1", *, seed: int = 0, rotation_deg
         mm[c, r] = s
         mm[c, 3] = 0 if s > 0 else shape[c] - 1
     vols = {k: round(v * scale**3, 3) for k, v in res.volumes.items()}
-    return FixtureScan(stored, aff @ mm, vols, res.params)
+    return FixtureScan(stored, aff @ mm, vols, res.params, lesion)
 
 
 def save_nifti(scan: FixtureScan, path: Path) -> Path:
@@ -244,3 +253,84 @@ def make_bids(root: Path, specs: list[dict]) -> dict:
 
 def gzip_bytes(path: Path) -> None:
     path.write_bytes(gzip.compress(path.read_bytes()))
+
+
+# ------------------------------------------------------------------------------------ longitudinal BIDS
+def lesion(centre_mm, radius_mm: float):
+    """A spherical phantom lesion at ``centre_mm`` (template/MNI mm) of ``radius_mm``, with the
+    ``phantom-ms`` lesion tissue (hyperintense on FLAIR, hypointense on T1)."""
+    from cohorts.phantom_lesions import LESION_TISSUE_3T, Lesion
+
+    return Lesion("deep", [float(c) for c in centre_mm], [float(radius_mm)] * 3, np.eye(3).tolist(), *LESION_TISSUE_3T)
+
+
+def make_bids_longitudinal(root: Path, persons: list[dict], *, pipeline: str = "lesion-manual") -> dict:
+    """A longitudinal BIDS dataset with lesion masks, laid out as public longitudinal MS datasets are
+    once converted to BIDS::
+
+        dataset_description.json, participants.tsv
+        sub-01/sub-01_sessions.tsv                       session_id, acq_time (ISO 8601)
+        sub-01/ses-01/anat/sub-01_ses-01_FLAIR.nii.gz    (+ _T1w)
+        derivatives/<pipeline>/dataset_description.json  DatasetType "derivative"
+        derivatives/<pipeline>/sub-01/ses-01/anat/sub-01_ses-01_space-orig_label-lesion_mask.nii.gz
+
+    Each person is one phantom subject; each session repositions the head (its own rotation and
+    translation) and renders the session's lesions; the mask is the FLAIR's native lesion map, on
+    the FLAIR's voxels.
+
+    Args:
+        persons: ``{"label", "index", "age", "sex", "sessions_tsv" (default True), "sessions": [{"ses",
+            "acq_time", "lesions": [:func:`lesion`], "modalities" (default ["FLAIR"]), "mask_name"
+            (default the label-lesion mask name)}]}``.
+        pipeline: the derivatives folder.
+
+    Returns:
+        ``{(sub-XX, ses label): {"scans": {modality: FixtureScan}, "mask": Path, "lesion_ml": native mL,
+        "lesions": [Lesion]}}``.
+    """
+    import json
+
+    import nibabel as nib
+    import pandas as pd
+
+    from cohorts.phantom_lesions import Pathology
+
+    suffix = {"T1": "T1w", "T2": "T2w", "FLAIR": "FLAIR", "PD": "PDw"}
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "longitudinal fixture", "BIDSVersion": "1.8.0",
+                                                                "License": "CC0"}))
+    deriv = root / "derivatives" / pipeline
+    deriv.mkdir(parents=True, exist_ok=True)
+    (deriv / "dataset_description.json").write_text(json.dumps({
+        "Name": "manual lesion masks", "BIDSVersion": "1.8.0", "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "Manual"}]}))
+    out, rows = {}, []
+    for p in persons:
+        sub = f"sub-{p['label']}"
+        rows.append({"participant_id": sub, "age": p.get("age", "n/a"), "sex": p.get("sex", "n/a")})
+        ses_rows = []
+        for k, sp in enumerate(p["sessions"]):
+            ses = sp["ses"]
+            path = Pathology(True, list(sp.get("lesions", [])))
+            pose = {"rotation_deg": (4.0 + 2 * k, -3.0 - k, 5.0 + k), "translation_mm": (6.0 + 3 * k, -10.0 + 2 * k, 12.0 - 2 * k)}
+            scans = {}
+            for mod in sp.get("modalities", ["FLAIR"]):
+                layout, vox = ("RAS", DEFAULT_VOXEL) if mod == "FLAIR" else ("PIL", (2.4, 2.4, 2.4))
+                scans[mod] = native_scan(p["index"], mod, layout=layout, voxel_mm=vox, pathology=path, **pose)
+                save_nifti(scans[mod], root / sub / f"ses-{ses}" / "anat" / f"{sub}_ses-{ses}_{suffix[mod]}.nii.gz")
+            flair = scans["FLAIR"]
+            name = sp.get("mask_name", f"{sub}_ses-{ses}_space-orig_label-lesion_mask.nii.gz")
+            mask_path = deriv / sub / f"ses-{ses}" / "anat" / name
+            mask_path.parent.mkdir(parents=True, exist_ok=True)
+            img = nib.Nifti1Image(flair.lesion.astype(np.uint8), flair.affine)
+            img.set_qform(flair.affine, code=1)
+            img.set_sform(flair.affine, code=1)
+            nib.save(img, str(mask_path))
+            voxel_ml = float(abs(np.linalg.det(flair.affine[:3, :3]))) / 1000.0
+            out[(sub, ses)] = {"scans": scans, "mask": mask_path, "lesions": list(path.lesions),
+                               "lesion_ml": float(flair.lesion.sum()) * voxel_ml}
+            ses_rows.append({"session_id": f"ses-{ses}", "acq_time": sp.get("acq_time", "n/a")})
+        if p.get("sessions_tsv", True):
+            pd.DataFrame(ses_rows).to_csv(root / sub / f"{sub}_sessions.tsv", sep="\t", index=False)
+    pd.DataFrame(rows).to_csv(root / "participants.tsv", sep="\t", index=False)
+    return out
