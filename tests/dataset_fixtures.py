@@ -312,7 +312,8 @@ def make_bids_longitudinal(root: Path, persons: list[dict], *, pipeline: str = "
         for k, sp in enumerate(p["sessions"]):
             ses = sp["ses"]
             path = Pathology(True, list(sp.get("lesions", [])))
-            pose = {"rotation_deg": (4.0 + 2 * k, -3.0 - k, 5.0 + k), "translation_mm": (6.0 + 3 * k, -10.0 + 2 * k, 12.0 - 2 * k)}
+            pose = {"rotation_deg": (4.0 + 2 * k, -3.0 - k, 5.0 + k),
+                    "translation_mm": (6.0 + 3 * k, -10.0 + 2 * k, 12.0 - 2 * k)}
             scans = {}
             for mod in sp.get("modalities", ["FLAIR"]):
                 layout, vox = ("RAS", DEFAULT_VOXEL) if mod == "FLAIR" else ("PIL", (2.4, 2.4, 2.4))

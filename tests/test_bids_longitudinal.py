@@ -38,7 +38,8 @@ def long_bids(tmp_path_factory):
     root = tmp_path_factory.mktemp("bids_long_raw")
     truth = F.make_bids_longitudinal(root, [
         {"label": "MS01", "index": 7, "age": 34, "sex": "F", "sessions": [
-            {"ses": "01", "acq_time": "2019-03-14T09:30:00", "lesions": [F.lesion(A, 6)], "modalities": ["FLAIR", "T1"]},
+            {"ses": "01", "acq_time": "2019-03-14T09:30:00", "lesions": [F.lesion(A, 6)],
+             "modalities": ["FLAIR", "T1"]},
             {"ses": "02", "acq_time": "2019-09-16T10:00:00", "lesions": [F.lesion(A, 7.5)]},
             {"ses": "03", "acq_time": "2020-03-10", "lesions": [F.lesion(A, 7.5), F.lesion(B, 5)]}]},
         {"label": "MS02", "index": 12, "age": 51, "sex": "M", "sessions": [

@@ -114,7 +114,7 @@ def discover(raw: Path, scratch: Path) -> Discovery:
             where[sid] = (sub, ses)
         _add(subjects[sid], mod, f, extra.setdefault(sid, []))
     if longitudinal:
-        _order_sessions(raw, subjects)
+        _order_sessions(raw, subjects, where)
     for sid, s in subjects.items():
         d = demo.get(s.person_id)
         if not part.exists():
@@ -132,18 +132,18 @@ def discover(raw: Path, scratch: Path) -> Discovery:
     return Discovery(sorted(subjects.values(), key=lambda s: s.session_id), problems, meta)
 
 
-def _order_sessions(raw: Path, subjects: dict[str, RawSubject]) -> None:
+def _order_sessions(raw: Path, subjects: dict[str, RawSubject], where: dict) -> None:
     """Session index, months since the earliest session and per-session age of every participant."""
     by_person: dict[str, list[RawSubject]] = {}
     for s in subjects.values():
         by_person.setdefault(s.person_id, []).append(s)
     for sub, rows in by_person.items():
-        label = {s.session_id: s.session_id.split("_ses-", 1)[1] if "_ses-" in s.session_id else "" for s in rows}
+        label = {s.session_id: where[s.session_id][1] or "" for s in rows}
         order, months, ages, notes = session_times(raw, sub, sorted(set(label.values()), key=natural_key))
         for s in rows:
-            k = order.index(label[s.session_id])
-            s.sequence, s.session, s.months = sub, f"ses-{k:02d}", months[label[s.session_id]]
-            s.age = ages.get(label[s.session_id])
+            ses = label[s.session_id]
+            s.sequence, s.session, s.months = sub, f"ses-{order.index(ses):02d}", months[ses]
+            s.age = ages.get(ses)
             s.notes.extend(notes)
 
 

@@ -50,6 +50,8 @@ LESION_LABELS = ("lesion", "lesions", "l", "wmh")
 MASK_SUFFIXES = ("mask", "roi", "dseg", "probseg")
 DAYS_PER_MONTH = 365.25 / 12.0
 _AFFINE_TOL_MM = 1e-2
+#: the image a mask was most likely drawn on comes first when its space is looked up
+_REFERENCE_ORDER = ("FLAIR", "T2", "PD", "T1")
 _ISO_EXAMPLE = "2019-03-14T09:30:00"
 
 
@@ -113,8 +115,8 @@ def check_mask(mask: Path, scans: dict[str, Path]) -> tuple[str | None, str | No
         return None, (f"{mask}: cannot read the lesion mask ({type(e).__name__}: {e}); download it again or "
                       "remove it")
     seen, same_shape = [], False
-    for mod in sorted(scans, key=lambda m: ("FLAIR", "T2", "PD", "T1").index(m) if m in ("FLAIR", "T2", "PD", "T1")
-                      else 9):
+    order = sorted(scans, key=lambda m: _REFERENCE_ORDER.index(m) if m in _REFERENCE_ORDER else len(_REFERENCE_ORDER))
+    for mod in order:
         try:
             ishape, iaff = _header(scans[mod])
         except Exception:  # noqa: BLE001 - the image's own error is reported when it is prepared
