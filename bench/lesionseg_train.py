@@ -108,7 +108,7 @@ def train(cohort: str | Path, out: str | Path, *, steps: int = 1500, minutes: fl
             "cohort_hash": json.loads((Path(cohort) / "cohort.json").read_text()).get("content_hash", ""),
             "n_volumes": int(len(vols)), "steps": step, "minutes": round(minutes_used, 1), "batch": batch,
             "crop": crop, "lr": lr, "seed": seed, "final_loss": round(float(np.mean(losses[-50:])), 4),
-            "date": date.today().isoformat(), "command": f"python -m bench.lesionseg_train --cohort DIR --steps {steps}"}
+            "date": date.today().isoformat(), "command": f"python -m bench.lesionseg_train --cohort DIR --steps {steps} --width {width}"}
     tensors = {k: v.detach().half().contiguous() for k, v in net.state_dict().items()}
     atomic_write(Path(out), lambda tmp: save_file(tensors, tmp, metadata={"format": "pt", "lesionseg": json.dumps(meta)}))
     meta["sha256"] = sha256_file(out)
@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="metrics/weights/lesionseg_3mm.safetensors")
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--minutes", type=float, default=15.0, help="stop early after this long")
+    ap.add_argument("--width", type=int, default=8, help="channels of the first level (then 2x, 4x)")
     ap.add_argument("--validate", metavar="DIR", help="score the weights on this cohort's --split instead")
     ap.add_argument("--weights", default=None)
     ap.add_argument("--split", default="test")
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.validate:
         print(json.dumps(validate(a.validate, weights=a.weights, split=a.split or None), indent=1))
     elif a.cohort:
-        print(json.dumps(train(a.cohort, a.out, steps=a.steps, minutes=a.minutes, quiet=a.quiet), indent=1))
+        print(json.dumps(train(a.cohort, a.out, steps=a.steps, minutes=a.minutes, width=a.width, quiet=a.quiet), indent=1))
     else:
         ap.error("give --cohort DIR (train) or --validate DIR")
 

@@ -37,6 +37,10 @@ generators.register("pca", "generators.pca:PCAGenerator", aliases=("appearance-m
                     description="per-modality PCA appearance model, coefficients ridge-regressed on caption attributes")
 generators.register("slice2d", "generators.slice2d.generator:Slice2dGenerator", aliases=("slice-2d",),
                     description="2D text-conditioned latent diffusion on axial slices, stacked into a volume")
+generators.register("copy-baseline", "generators.followup:CopyBaselineGenerator", aliases=("copy_baseline",),
+                    description="follow-up task: the previous scan unchanged (perfect identity, no change)")
+generators.register("lesion-paint", "generators.followup:LesionPaintGenerator", aliases=("lesion_paint",),
+                    description="follow-up task: the previous scan with the requested lesions and atrophy painted in")
 
 extractors.register("random3d", "metrics.features.random3d:Random3DExtractor",
                     description="seeded random 3D conv net (tests only)")
@@ -82,3 +86,7 @@ metrics.register("sharpness", "metrics.sharpness:SpectralSharpness", aliases=("s
 metrics.register("through_plane", "metrics.consistency:ThroughPlaneConsistency",
                  aliases=("through-plane", "slice_consistency"),
                  description="adjacent-slice decorrelation along the axial axis vs in-plane, relative to real volumes")
+metrics.register("lesion_conformance", "metrics.lesions:LesionConformance", aliases=("lesions",),
+                 description="lesion count / volume / location and thalamus / caudate volume, requested vs measured")
+metrics.register("followup", "metrics.followup:FollowUp", aliases=("follow-up",),
+                 description="follow-ups: identity to the previous scan, change conformance, sequence coherence")

@@ -45,7 +45,7 @@ from metrics.base import EvalSets, Input, MetricResult
 from metrics.volumes import CohortVolumes, NpzShards, VolumeSet
 
 __all__ = ["SHARD", "EvaluationData", "Metrics", "Produce", "Prompts", "Record", "RunState", "Setup", "Stage",
-           "compute_metric", "generate_shards", "resolve_cohort"]
+           "check_task_support", "compute_metric", "generate_shards", "resolve_cohort", "shard_complete"]
 
 log = logging.getLogger("braingenbench.runner")
 
@@ -76,6 +76,7 @@ class RunState:
     sets: EvalSets | None = None
     skipped: dict[str, str] = field(default_factory=dict)  # metric key -> why it was not run
     results: dict[str, dict] = field(default_factory=dict)
+    followup: Any = None  # bench.followup.FollowUpPlan of a follow-up run
 
     @property
     def reference(self) -> str:
@@ -121,7 +122,7 @@ class Setup(Stage):
         from bench.runner import run_id_for
 
         cfg, suite = state.cfg, state.suite
-        registry.generators.canonical(cfg.generator)  # a typo fails before the cohort is built
+        check_task_support(suite.task, cfg.generator)  # a typo or a generator of another task fails before any work
         metrics = [(spec, build_metric(spec)) for spec in suite.metrics]
         check_extractor_args(sorted({e for _, m in metrics for e in m.extractors()}), cfg.extractor_args)
         t = time.perf_counter()
@@ -145,6 +146,25 @@ class Setup(Stage):
             (state.run_dir / sub).mkdir(parents=True, exist_ok=True)
         state.executor = make_executor(cfg.executor, ray_address=cfg.ray_address, quiet=cfg.quiet)
         log.info("run %s -> %s", state.run_id, state.run_dir)
+
+
+def check_task_support(task: str, generator: str) -> None:
+    """The generator can do the suite's task (it has the task's method, :data:`bench.tasks.TASK_METHOD`)."""
+    from bench.tasks import TASK_METHOD
+
+    cls = registry.generators.get(generator)
+    method = TASK_METHOD[task]
+    if not callable(getattr(cls, method, None)):
+        able = [n for n in registry.generators.names() if _has_method(n, method)]
+        raise ValueError(f"generator {registry.generators.canonical(generator)!r} cannot do the suite's task "
+                         f"{task!r} (it has no {method}() method); generators that can: {', '.join(able) or 'none'}")
+
+
+def _has_method(name: str, method: str) -> bool:
+    try:
+        return callable(getattr(registry.generators.get(name), method, None))
+    except Exception:  # noqa: BLE001 - an optional plugin that cannot be imported cannot do the task either
+        return False
 
 
 def display_name(generator: Any, registered: str) -> str:
@@ -177,6 +197,19 @@ class Prompts(Stage):
         atomic_write_json(state.run_dir / "prompts.json", state.prompt_set.to_json())
 
 
+def shard_complete(path: Path, shape: tuple[int, ...]) -> bool:
+    """A generation shard that exists with the expected shape (a finished shard of an earlier attempt)."""
+    if not path.exists():
+        return False
+    try:
+        if read_shard(path).shape == shape:
+            return True
+        log.warning("%s has the wrong shape; regenerating that shard", path)
+    except (OSError, ValueError, KeyError, EOFError):
+        log.warning("%s is unreadable; regenerating that shard", path)
+    return False
+
+
 def generate_shards(executor: Executor, spec: GeneratorSpec, prompts: list[Prompt], seed: int, grid: Grid,
                     folder: Path) -> NpzShards:
     """Generate the missing shards of ``folder`` (``shard_XXXX.npz``, ``SHARD`` prompts each) as tasks
@@ -187,14 +220,8 @@ def generate_shards(executor: Executor, spec: GeneratorSpec, prompts: list[Promp
         chunk = prompts[start:start + SHARD]
         path = shard_path(folder, start // SHARD)
         paths.append(str(path))
-        if path.exists():
-            try:
-                if read_shard(path).shape == (len(chunk), 1, *grid.shape):
-                    continue
-                log.warning("%s has the wrong shape; regenerating that shard", path)
-            except (OSError, ValueError, KeyError, EOFError):
-                log.warning("%s is unreadable; regenerating that shard", path)
-        todo.append((start // SHARD, chunk, seed_for(seed, start), str(path)))
+        if not shard_complete(path, (len(chunk), 1, *grid.shape)):
+            todo.append((start // SHARD, chunk, seed_for(seed, start), str(path)))
     if todo:
         log.info("generating %d of %d shards", len(todo), len(paths))
         executor.map(GenerateShardTask(spec, grid.shape), todo, desc="generate", gpu=True)
@@ -247,7 +274,12 @@ class EvaluationData(Stage):
             cohort_hash=cohort.content_hash, paired=ps.paired,
             train_attributes=[s.attributes() for s in train] if train is not None else None,
             atlas=_atlas(suite.grid) if Input.ATLAS in inputs else None,
-            tissue_consensus=_tissue_consensus(cohort, ps.reference) if Input.TISSUE_LABELS in inputs else None)
+            tissue_consensus=_tissue_consensus(cohort, ps.reference) if Input.TISSUE_LABELS in inputs else None,
+            **self.task_sets(state))
+
+    def task_sets(self, state: RunState) -> dict:
+        """Further :class:`EvalSets` fields of a task kind (a follow-up run's previous scans)."""
+        return {}
 
 
 def _inputs(metric) -> frozenset:

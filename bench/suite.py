@@ -15,7 +15,8 @@ A suite file (``bench/suites/<name>.yaml``, or any path) looks like::
 
 Each metric entry may set ``key`` (its name in the record; default: the metric name, plus
 ``-<extractor>`` when an extractor is given) and ``tolerance`` (for ``compare --fail-on-regression``).
-``task`` names the task kind (``text-to-volume``, the default). ``include: <suite or file.yaml>``
+``task`` names the task kind (``text-to-volume``, the default, or ``follow-up``: ``n_prompts`` is then
+the number of sequences). ``include: <suite or file.yaml>``
 starts from another suite: keys given in the including file replace the included ones whole
 (``full.yaml`` is ``quick.yaml`` with 100 prompts). Unknown keys anywhere are errors that name the
 file and the key.
@@ -74,7 +75,7 @@ class Suite:
 _TOP = {"name", "version", "description", "reference", "grid", "n_prompts", "seed", "metrics", "floor_split",
         "headline", "task", "include"}
 #: Task kinds a suite may declare (``task:``); the runner's stages for each are in :mod:`bench.tasks`.
-TASKS = ("text-to-volume",)
+TASKS = ("text-to-volume", "follow-up")
 #: The axes a suite's ``headline:`` may name (in display order).
 AXES = ("realism", "diversity", "conformance", "privacy")
 _METRIC = {"name", "args", "key", "tolerance"}

@@ -1,9 +1,12 @@
 """Task kinds: what a suite's ``task:`` means to the runner, as an ordered list of stages.
 
-``text-to-volume`` (captions -> volumes) is the one kind this version runs; a new kind (follow-up
-generation: volume + text -> volume; report generation: volume -> text) is a new entry here with its
-own produce and evaluation stages, reusing :class:`~bench.stages.Setup`, :class:`~bench.stages.Metrics`
-and :class:`~bench.stages.Record`.
+- ``text-to-volume``: captions -> volumes (:mod:`bench.stages`);
+- ``follow-up``: previous scan + follow-up caption -> follow-up scan, autoregressive over a sequence
+  (:mod:`bench.followup`).
+
+A new kind (report generation: volume -> text) is a new entry here with its own prompt, produce and
+evaluation stages, reusing :class:`~bench.stages.Setup`, :class:`~bench.stages.Metrics` and
+:class:`~bench.stages.Record`, and the generator method it calls (:data:`TASK_METHOD`).
 """
 
 from __future__ import annotations
@@ -11,16 +14,20 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Callable, Mapping
 
+from bench.followup import FollowUpEvaluationData, FollowUpProduce, FollowUpPrompts
 from bench.stages import EvaluationData, Metrics, Produce, Prompts, Record, Setup, Stage
 from bench.suite import TASKS
 
-__all__ = ["TASK_STAGES", "stages_for"]
+__all__ = ["TASK_METHOD", "TASK_STAGES", "stages_for"]
 
 #: task kind -> a factory of its stages, in order (read-only)
 TASK_STAGES: Mapping[str, Callable[[], list[Stage]]] = MappingProxyType({
     "text-to-volume": lambda: [Setup(), Prompts(), Produce(), EvaluationData(), Metrics(), Record()],
+    "follow-up": lambda: [Setup(), FollowUpPrompts(), FollowUpProduce(), FollowUpEvaluationData(), Metrics(), Record()],
 })
-assert set(TASK_STAGES) == set(TASKS), "every task a suite may declare has its stages"
+#: task kind -> the generator method its produce stage calls (a generator without it cannot run the task)
+TASK_METHOD: Mapping[str, str] = MappingProxyType({"text-to-volume": "generate", "follow-up": "follow_up"})
+assert set(TASK_STAGES) == set(TASKS) == set(TASK_METHOD), "every task a suite may declare has its stages"
 
 
 def stages_for(task: str) -> list[Stage]:

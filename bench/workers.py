@@ -24,7 +24,7 @@ from core.io import array_key, hash_obj, home_cache
 from core.runfiles import write_shard
 from generators.base import GenerationOutput, GeneratorContext, Prompt
 
-__all__ = ["ExtractorPool", "FeatureShardTask", "GenerateShardTask", "GeneratorSpec", "PoolSpec", "build_generator",
+__all__ = ["ExtractorPool", "FeatureShardTask", "FollowUpShardTask", "GenerateShardTask", "GeneratorSpec", "PoolSpec", "build_generator",
            "build_metric", "check_extractor_args", "resolve_device"]
 
 
@@ -209,6 +209,25 @@ class GenerateShardTask(_StoreTask):
         generator = self.spec.build(self.store)
         with compute_allocation():  # torch activations from the heap, trimmed afterwards (bench.memory)
             res: GenerationOutput = generator.generate(chunk, seed=shard_seed)
+        res.validate(len(chunk), self.grid_shape, getattr(generator, "name", "?"))
+        write_shard(path, res.volumes, [p.subject_id or "" for p in chunk], res.latents)
+        return path
+
+
+class FollowUpShardTask(_StoreTask):
+    """Generate one shard of follow-ups from the matching shard of ``previous`` (a volume set aligned
+    with the prompts) and save it; a picklable task of ``(index, prompts, seed, path)``."""
+
+    def __init__(self, spec: GeneratorSpec, grid_shape: tuple[int, ...], previous):
+        self.spec, self.grid_shape, self.previous = spec, tuple(grid_shape), previous
+
+    def __call__(self, item: tuple[int, list[Prompt], int, str]) -> str:
+        k, chunk, shard_seed, path = item
+        generator = self.spec.build(self.store)
+        start = k * self.previous.shard_size
+        before = self.previous.take(range(start, start + len(chunk)))
+        with compute_allocation():
+            res: GenerationOutput = generator.follow_up(before, chunk, seed=shard_seed)
         res.validate(len(chunk), self.grid_shape, getattr(generator, "name", "?"))
         write_shard(path, res.volumes, [p.subject_id or "" for p in chunk], res.latents)
         return path

@@ -25,6 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from core.io import atomic_save_npz
 
@@ -47,6 +48,12 @@ STRUCTURE_LABELS: dict[str, dict[int, str]] = {
 }
 #: Label ids of all ventricles (lateral, inferior lateral, third, fourth): pure CSF in the priors.
 VENTRICLE_IDS: tuple[int, ...] = (4, 11, 49, 50, 51, 52)
+#: Cerebral white matter (right, left) and the infratentorial structures (brainstem, cerebellar white
+#: matter): where white-matter lesions of each topographic class lie.
+CEREBRAL_WM_IDS: tuple[int, ...] = (44, 45)
+INFRATENTORIAL_IDS: tuple[int, ...] = (35, 40, 41)
+#: Lesion zones of :func:`lesion_zones`, in the order of their codes 1..4 (0: elsewhere).
+LESION_ZONES = ("periventricular", "juxtacortical", "deep", "infratentorial")
 
 ATTRIBUTION = {
     "icbm152_2009": ("ICBM 2009a nonlinear symmetric template (Fonov et al. 2011, NeuroImage 54:313; "
@@ -169,8 +176,6 @@ def _world_to_voxel(target_affine: np.ndarray, shape: tuple[int, int, int],
 def resample(data: np.ndarray, source_affine: np.ndarray, shape: tuple[int, int, int],
              affine: np.ndarray, order: int) -> np.ndarray:
     """Resample ``data`` (on ``source_affine``) onto (``shape``, ``affine``); 0 outside."""
-    from scipy import ndimage as ndi
-
     coords = _world_to_voxel(np.asarray(affine, float), tuple(shape), np.asarray(source_affine, float))
     out_dtype = np.float32 if order > 0 else data.dtype
     return ndi.map_coordinates(data, coords, order=order, mode="constant", cval=0, prefilter=False,
@@ -293,10 +298,39 @@ def load_priors(voxel_size_mm: float, shape: tuple[int, int, int], affine: np.nd
                                str(braingenbench_home(home)))
 
 
+def lesion_zones(labels: np.ndarray, gm: np.ndarray, voxel_size_mm: float, *, periventricular_mm: float = 9.0,
+                 juxtacortical_mm: float = 4.0) -> np.ndarray:
+    """The topographic class of a white-matter lesion found at each voxel (int8: 1 periventricular,
+    2 juxtacortical, 3 deep white matter, 4 infratentorial, 0 elsewhere; names in :data:`LESION_ZONES`).
+
+    A partition of the brain, as the McDonald criteria's classes are read on an image: infratentorial in
+    the brainstem and cerebellum (labels :data:`INFRATENTORIAL_IDS`); elsewhere periventricular within
+    ``periventricular_mm`` of a lateral ventricle, else juxtacortical within ``juxtacortical_mm`` of the
+    cortex (grey matter of a cortical label, ids >= 100), else deep. The thresholds lie between the
+    ``phantom-ms`` builder's placement zones (periventricular 1.5-8 mm, juxtacortical <= 3 mm, deep
+    > 10 mm from the ventricles and > 5 mm from the cortex), so a phantom lesion falls in its own zone
+    up to the subject's warp."""
+    labels = np.asarray(labels)
+    vent = np.isin(labels, tuple(STRUCTURE_LABELS["lateral_ventricles"]))
+    d_vent = ndi.distance_transform_edt(~vent) * voxel_size_mm
+    cortex = (np.asarray(gm) > 0.5) & (labels >= 100)
+    d_ctx = ndi.distance_transform_edt(~cortex) * voxel_size_mm
+    zones = np.zeros(labels.shape, np.int8)
+    brain = labels > 0
+    zones[brain] = 3
+    zones[brain & (d_ctx <= juxtacortical_mm)] = 2
+    zones[brain & (d_vent <= periventricular_mm)] = 1
+    zones[np.isin(labels, INFRATENTORIAL_IDS)] = 4
+    return zones
+
+
 def atlas_on_grid(grid) -> dict:
     """ICBM152 tissue priors and Neuromorphometrics labels on ``grid`` (a :class:`cohorts.grid.Grid`),
     as the atlas-guided metrics take them: ``gm``, ``wm``, ``csf``, ``labels``, ``ventricles``,
+    ``thalamus``, ``caudate`` (bool masks), ``lesion_zones`` (:func:`lesion_zones`) and
     ``voxel_volume_ml``."""
     pri = load_priors(grid.voxel_size, grid.shape, grid.affine)
     return {"gm": pri.gm, "wm": pri.wm, "csf": pri.csf, "labels": pri.labels,
-            "ventricles": pri.structure_mask("lateral_ventricles"), "voxel_volume_ml": grid.voxel_volume_ml}
+            "ventricles": pri.structure_mask("lateral_ventricles"), "thalamus": pri.structure_mask("thalamus"),
+            "caudate": pri.structure_mask("caudate"), "lesion_zones": lesion_zones(pri.labels, pri.gm, grid.voxel_size),
+            "voxel_volume_ml": grid.voxel_volume_ml}

@@ -117,12 +117,15 @@ def _signed(x: float) -> str:
 
 
 def followup_sentence(subject: Subject) -> str:
-    """"Follow-up at 12 months; since the previous scan: 2 new lesions, 1 enlarging lesion, thalamus
-    -1.2 %, caudate -0.8 %, brain -0.6 %." (empty for a baseline or a cross-sectional subject)."""
+    """"Follow-up at 12 months; since the previous scan: 2 new lesions, 1 enlarging lesion, lesion volume
+    +0.4 mL, thalamus -1.2 %, caudate -0.8 %, brain -0.6 %." (empty for a baseline or a cross-sectional
+    subject)."""
     if not subject.session or not subject.months:
         return ""
     c = subject.changes
     events = [_count(c.get("new_lesions", 0), "new lesion"), _count(c.get("enlarging_lesions", 0), "enlarging lesion")]
+    if "lesion_volume_ml" in c:
+        events.append(f"lesion volume {c['lesion_volume_ml']:+.1f} mL")
     pcts = [f"{w} {_signed(c[k])}" for k, w in (("thalamus_pct", "thalamus"), ("caudate_pct", "caudate"),
                                                   ("brain_pct", "brain")) if k in c]
     return f"Follow-up at {int(round(subject.months))} months; since the previous scan: {', '.join(events + pcts)}."
@@ -223,6 +226,9 @@ _LESION_CLAUSE = re.compile(r"lesion|plaque|periventricular|juxta[\s-]?cortical|
 _MONTHS = re.compile(r"follow[\s-]*up\s+(?:at|after|of)\s+" + _NUM + r"\s*months?\b", re.I)
 _NEW = re.compile(_COUNT + r"\s+new\s+(?:white[\s-]*matter\s+|T2\s+|FLAIR\s+)?(?:lesions?|plaques?)\b", re.I)
 _ENLARGING = re.compile(_COUNT + r"\s+enlarging\s+(?:white[\s-]*matter\s+|T2\s+)?(?:lesions?|plaques?)\b", re.I)
+# a lesion-volume *change* carries a sign or the word "change" ("total lesion volume 8.4 mL" is not one)
+_LESION_VOLUME_CHANGE = re.compile(r"lesion[\s-]*(?:volume|load)\s*(?:change\s*(?:of\s*)?([+\-−–]?\s*\d+(?:\.\d+)?)|"
+                                   r"([+\-−–]\s*\d+(?:\.\d+)?))\s*(?:ml|cc|cm3|cm³)\b", re.I)
 _PCT_CHANGE = {key: re.compile(rf"\b{word}\s*(?:volume\s*)?(?:change\s*)?(?:of\s*)?([+\-−–]?\s*\d+(?:\.\d+)?)\s*%", re.I)
                for key, word in (("thalamus_pct", r"thalam(?:us|ic)"), ("caudate_pct", "caudate"),
                                  ("brain_pct", r"(?:whole[\s-]*)?brain"))}
@@ -230,10 +236,13 @@ _PCT_CHANGE = {key: re.compile(rf"\b{word}\s*(?:volume\s*)?(?:change\s*)?(?:of\s
 
 def parse_changes(text: str) -> dict:
     """What a follow-up caption or prompt asks to change: ``months`` since baseline, ``new_lesions``,
-    ``enlarging_lesions`` and ``thalamus_pct`` / ``caudate_pct`` / ``brain_pct`` (only the keys it states).
+    ``enlarging_lesions``, ``lesion_volume_ml`` and ``thalamus_pct`` / ``caudate_pct`` / ``brain_pct``
+    (only the keys it states).
 
     >>> parse_changes("follow-up at 12 months: 2 new lesions, thalamus −1.2 %")
     {'months': 12.0, 'new_lesions': 2, 'thalamus_pct': -1.2}
+    >>> parse_changes("Follow-up at 9 months; since the previous scan: 1 new lesion, lesion volume +0.4 mL")
+    {'months': 9.0, 'new_lesions': 1, 'lesion_volume_ml': 0.4}
     """
     out: dict = {}
     m = _MONTHS.search(text)
@@ -243,11 +252,18 @@ def parse_changes(text: str) -> dict:
         m = pat.search(text)
         if m:
             out[key] = _number(m.group(1))
+    m = _LESION_VOLUME_CHANGE.search(text)
+    if m:
+        out["lesion_volume_ml"] = _signed_number(m.group(1) or m.group(2))
     for key, pat in _PCT_CHANGE.items():
         m = pat.search(text)
         if m:
-            out[key] = float(re.sub(r"\s", "", m.group(1)).replace("−", "-").replace("–", "-"))
+            out[key] = _signed_number(m.group(1))
     return out
+
+
+def _signed_number(text: str) -> float:
+    return float(re.sub(r"\s", "", text).replace("−", "-").replace("–", "-"))
 
 
 def _number(word: str) -> int:

@@ -43,7 +43,7 @@ __all__ = ["LESION_CLASSES", "LESION_TISSUE_3T", "BLACK_HOLE_T1", "Lesion", "Pat
            "activity", "evolve", "NEW_PER_YEAR",
            "MSWorkspace", "ms_workspace", "sample_pathology", "rasterise"]
 
-LESION_CLASSES = ("periventricular", "juxtacortical", "deep", "infratentorial")
+LESION_CLASSES = atlas.LESION_ZONES
 #: lesion tissue at 3 T (T1 ms, T2 ms, PD): between white matter (830, 80, 0.69) and CSF
 LESION_TISSUE_3T = (1150.0, 170.0, 0.80)
 #: T1 (ms) of a chronic "black hole"
@@ -62,9 +62,6 @@ _GAP_MM = 5.0  # minimum gap between two lesions' bounding spheres (separate con
 # deep grey-matter atrophy: peak boundary displacement (mm) at a total lesion volume of 10 mL
 _THAL_MM_AT_10ML = 0.35
 _CAUD_MM_AT_10ML = 0.2
-_CEREBRAL_WM = (44, 45)
-_INFRATENTORIAL = (35, 40, 41)
-_LATERAL_VENTRICLES = (49, 50, 51, 52)
 
 
 @dataclass
@@ -130,16 +127,16 @@ def _ms_workspace(grid_name: str, home: str) -> MSWorkspace:
 
     ws = workspace(grid_name, home)
     pri, wvs = ws.priors, ws.wvs
-    vent = np.isin(pri.labels, _LATERAL_VENTRICLES)
+    vent = np.isin(pri.labels, tuple(atlas.STRUCTURE_LABELS["lateral_ventricles"]))
     d_vent = ndi.distance_transform_edt(~vent) * wvs
     cortex = (pri.gm > 0.5) & (pri.labels >= 100)  # Neuromorphometrics cortical labels are >= 100
     d_ctx = ndi.distance_transform_edt(~cortex) * wvs
-    cwm = np.isin(pri.labels, _CEREBRAL_WM) & (pri.wm > 0.6)
+    cwm = np.isin(pri.labels, atlas.CEREBRAL_WM_IDS) & (pri.wm > 0.6)
     masks = {
         "periventricular": cwm & (d_vent >= 1.5) & (d_vent <= 8.0),
         "juxtacortical": cwm & (d_ctx <= 3.0) & (d_vent > 10.0),
         "deep": cwm & (d_vent > 10.0) & (d_ctx > 5.0),
-        "infratentorial": np.isin(pri.labels, _INFRATENTORIAL) & (pri.wm > 0.6),
+        "infratentorial": np.isin(pri.labels, atlas.INFRATENTORIAL_IDS) & (pri.wm > 0.6),
     }
     g = np.stack(np.gradient(ndi.gaussian_filter(d_vent.astype(np.float32), 1.0)), 0)
     away = (g / np.maximum(np.sqrt((g**2).sum(0)), 1e-6)).astype(np.float32)

@@ -165,7 +165,7 @@ class PhantomMSLongCohort(PhantomMSCohort):
     """
 
     name = "phantom-ms-long"
-    builder_version = "phantom-ms-long-1.0"  # bump when a subject's bytes change
+    builder_version = "phantom-ms-long-1.1"  # bump when a subject's bytes or caption change (1.1: lesion-volume change in captions)
     label = "SYNTHETIC phantom-ms-long (MS-like lesions, 3 sessions) — not real MRI"
     n_sessions = 3
 

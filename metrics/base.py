@@ -23,7 +23,7 @@ from metrics.volumes import VolumeSet, as_volume_set, check_aligned, concat_resu
 
 log = logging.getLogger("braingenbench.metrics")
 
-SET_NAMES = ("generated", "reference", "floor", "train")
+SET_NAMES = ("generated", "reference", "floor", "train", "previous", "reference_previous")
 
 # features(extractor_name, set_name) -> (N, F) array. Set names: "generated", "reference", "floor", "train".
 FeatureFn = Callable[[str, str], np.ndarray]
@@ -65,6 +65,12 @@ class EvalSets:
         paired: ``reference[i]`` is the real volume whose caption was prompt ``i``. False when the prompts
             are the user's own (the ``folder`` adapter with its own manifest): metrics that need the
             pairing (:attr:`Input.PAIRED_REFERENCE`) are then skipped with a reason.
+        previous: follow-up runs (:attr:`Input.FOLLOW_UP`): the volume that generated volume ``i`` was
+            made from (the real baseline for the first follow-up of a sequence, the generator's own previous
+            follow-up after that).
+        reference_previous: follow-up runs: the real scan before ``reference[i]`` in its sequence.
+        items: follow-up runs: per generated volume ``{"sequence": id, "step": k}`` (k = 1 for the first
+            follow-up); ``floor[i]`` is then another subject's real scan of the same modality and session.
     """
 
     generated: VolumeSet
@@ -84,6 +90,9 @@ class EvalSets:
     reference_labels: np.ndarray | None = None
     tissue_names: dict[int, str] | None = None
     paired: bool = True
+    previous: VolumeSet | None = None
+    reference_previous: VolumeSet | None = None
+    items: list[dict] | None = None
 
     def __post_init__(self) -> None:
         for name in SET_NAMES:
@@ -180,6 +189,8 @@ class Input(str, Enum):
     TISSUE_LABELS = "tissue_labels"
     #: ``reference[i]`` is the real volume of prompt ``i`` (suite prompts, not the user's own)
     PAIRED_REFERENCE = "paired_reference"
+    #: a follow-up run: ``sets.previous``, ``sets.reference_previous`` and ``sets.items``
+    FOLLOW_UP = "follow_up"
 
 
 class Metric:

@@ -84,6 +84,50 @@ def _conformance_r(requested: np.ndarray, measured: np.ndarray) -> float:
     return pearson_r(requested, measured)
 
 
+RESAMPLING = "prompts resampled (paired: requested and measured together)"
+
+
+def score_mean(per_sample: np.ndarray, floor_per_sample: np.ndarray, *, higher_is_better: bool, n_boot: int,
+               seed: int, details: dict | None = None, warnings: list[str] | None = None) -> MetricResult:
+    """The mean of per-prompt scores with a paired bootstrap CI, and the same for the real volumes
+    (``floor`` with ``floor_ci``): accuracies, shares, identity scores."""
+    g, f = np.asarray(per_sample, float), np.asarray(floor_per_sample, float)
+    value, floor = float(g.mean()), float(f.mean())
+    vci = bootstrap_ci(lambda s: float(g[s].mean()), len(g), n_boot=n_boot, seed=seed, estimate=value)
+    fci = bootstrap_ci(lambda s: float(f[s].mean()), len(f), n_boot=n_boot, seed=seed, estimate=floor)
+    return MetricResult(value=value, higher_is_better=higher_is_better, n=int(len(g)), ci_low=vci.low,
+                        ci_high=vci.high, floor=floor, floor_ci=list(fci), warnings=list(warnings or []),
+                        details={"per_sample": g.tolist(), "floor_per_sample": f.tolist(),
+                                 **vci.details(RESAMPLING), **(details or {})})
+
+
+def score_continuous(name: str, requested: np.ndarray, measured: np.ndarray, floor_measured: np.ndarray, *,
+                     unit: str, n_boot: int, seed: int, details: dict | None = None) -> dict[str, MetricResult]:
+    """``<name>_mae`` and ``<name>_r`` of requested vs measured values (prompts where all three are
+    finite; none below 3), each with a paired bootstrap CI and the real volumes' value as the floor."""
+    r, g, f = (np.asarray(a, float) for a in (requested, measured, floor_measured))
+    ok = np.isfinite(r) & np.isfinite(g) & np.isfinite(f)
+    if ok.sum() < 3:
+        return {}
+    rv, gv, fv = r[ok], g[ok], f[ok]
+    common = details or {}
+    chance_mae = float(np.abs(rv[:, None] - rv[None, :]).sum() / max(len(rv) * (len(rv) - 1), 1))
+    mae = score_mean(np.abs(gv - rv), np.abs(fv - rv), higher_is_better=False, n_boot=n_boot, seed=seed,
+                     details={"unit": unit, "chance": chance_mae,
+                              "chance_definition": "mean |requested_i - requested_j|, i != j", **common})
+    warnings = []
+    if np.std(gv) < 1e-9:  # the set ignores the request entirely: chance level
+        warnings.append(f"conformance: measured {name} is constant over the generated set; r set to 0")
+    r_gen, r_floor = _conformance_r(rv, gv), _conformance_r(rv, fv)
+    vci = bootstrap_ci(lambda s: _conformance_r(rv[s], gv[s]), len(rv), n_boot=n_boot, seed=seed, estimate=r_gen)
+    fci = bootstrap_ci(lambda s: _conformance_r(rv[s], fv[s]), len(rv), n_boot=n_boot, seed=seed, estimate=r_floor)
+    corr = MetricResult(value=r_gen, higher_is_better=True, n=int(ok.sum()), ci_low=vci.low, ci_high=vci.high,
+                        floor=r_floor, floor_ci=list(fci), warnings=warnings,
+                        details={"unit": unit, "requested": rv.tolist(), "measured": gv.tolist(),
+                                 "floor_measured": fv.tolist(), "chance": 0.0, **vci.details(RESAMPLING), **common})
+    return {f"{name}_mae": mae, f"{name}_r": corr}
+
+
 class Conformance(Metric):
     """Attribute predictors on generated volumes vs the attributes parsed from the prompts.
 
@@ -182,12 +226,6 @@ class Conformance(Metric):
                                 "modality_train_accuracy": pred.modality.get("train_accuracy")},
                   "ceiling": "floor = the same predictors on the real held-out (caption-matched) volumes"}
         out: dict[str, MetricResult] = {}
-        n_boot = self.n_boot
-        resampling = "prompts resampled (paired: requested and measured together)"
-
-        def ci(stat, n: int, estimate: float):
-            return bootstrap_ci(stat, n, n_boot=n_boot, seed=seed, estimate=estimate)
-
         # ---- categorical: modality, sex
         for attr in ("modality", "sex"):
             r = req[attr]
@@ -197,50 +235,19 @@ class Conformance(Metric):
             idx = np.flatnonzero(ok)
             hit_g = np.array([gen[attr][i] == r[i] for i in idx], dtype=float)
             hit_r = np.array([ref[attr][i] == r[i] for i in idx], dtype=float)
-            value, floor = float(hit_g.mean()), float(hit_r.mean())
-            vci = ci(lambda s: float(hit_g[s].mean()), len(idx), value)
-            fci = ci(lambda s: float(hit_r[s].mean()), len(idx), floor)
             labels = (lambda v: v) if attr == "modality" else (lambda v: {1.0: "F", 0.0: "M"}.get(v, None))
             req_l = [labels(r[i]) for i in idx]
             uniq, counts = np.unique([str(x) for x in req_l], return_counts=True)
-            out[f"{attr}_accuracy"] = MetricResult(
-                value=value, higher_is_better=True, n=int(len(idx)), ci_low=vci.low, ci_high=vci.high,
-                floor=floor, floor_ci=list(fci),
-                details={"per_sample": hit_g.tolist(), "floor_per_sample": hit_r.tolist(), **vci.details(resampling),
-                         "requested_labels": req_l, "measured_labels": [labels(gen[attr][i]) for i in idx],
+            out[f"{attr}_accuracy"] = score_mean(
+                hit_g, hit_r, higher_is_better=True, n_boot=self.n_boot, seed=seed,
+                details={"requested_labels": req_l, "measured_labels": [labels(gen[attr][i]) for i in idx],
                          "floor_measured_labels": [labels(ref[attr][i]) for i in idx],
                          "chance": float(counts.max() / counts.sum()) if len(counts) else None, **common})
 
         # ---- continuous: age and volumes
         for attr in ("age", *self.structures):
-            r = req[attr]
-            ok = np.isfinite(r) & np.isfinite(gen[attr]) & np.isfinite(ref[attr])
-            if ok.sum() < 3:
-                continue
-            rv, gv, fv = r[ok], gen[attr][ok], ref[attr][ok]
-            unit = "years" if attr == "age" else "mL"
-            err_g, err_f = np.abs(gv - rv), np.abs(fv - rv)
-            value, floor = float(err_g.mean()), float(err_f.mean())
-            vci = ci(lambda s: float(err_g[s].mean()), len(rv), value)
-            fci = ci(lambda s: float(err_f[s].mean()), len(rv), floor)
-            chance_mae = float(np.abs(rv[:, None] - rv[None, :]).sum() / max(len(rv) * (len(rv) - 1), 1))
-            out[f"{attr}_mae"] = MetricResult(
-                value=value, higher_is_better=False, n=int(ok.sum()), ci_low=vci.low, ci_high=vci.high,
-                floor=floor, floor_ci=list(fci),
-                details={"unit": unit, "per_sample": err_g.tolist(), "floor_per_sample": err_f.tolist(),
-                         "chance": chance_mae, "chance_definition": "mean |requested_i - requested_j|, i != j",
-                         **vci.details(resampling), **common})
-            warnings = []
-            if np.std(gv) < 1e-9:  # the set ignores the request entirely: chance level
-                warnings.append(f"conformance: measured {attr} is constant over the generated set; r set to 0")
-            r_gen, r_floor = _conformance_r(rv, gv), _conformance_r(rv, fv)
-            vci = ci(lambda s: _conformance_r(rv[s], gv[s]), len(rv), r_gen)
-            fci = ci(lambda s: _conformance_r(rv[s], fv[s]), len(rv), r_floor)
-            out[f"{attr}_r"] = MetricResult(
-                value=r_gen, higher_is_better=True, n=int(ok.sum()), ci_low=vci.low, ci_high=vci.high,
-                floor=r_floor, floor_ci=list(fci), warnings=warnings,
-                details={"unit": unit, "requested": rv.tolist(), "measured": gv.tolist(),
-                         "floor_measured": fv.tolist(), "chance": 0.0, **vci.details(resampling), **common})
+            out.update(score_continuous(attr, req[attr], gen[attr], ref[attr], unit="years" if attr == "age" else "mL",
+                                        n_boot=self.n_boot, seed=seed, details=common))
         if not out:
             raise ConformanceError("no prompt states a modality, sex, age or structure volume; conformance has "
                                    "nothing to score (check that the runner passes parsed prompt attributes)")

@@ -13,7 +13,8 @@ or on a cluster.
 Implementations:
     :class:`ArrayVolumes` — an in-memory ``(N, 1, D, H, W)`` array (tests, small sets);
     :class:`NpzShards` — the runner's generation shards ``samples/shard_XXXX.npz``;
-    :class:`CohortVolumes` — subjects of a cohort, loaded from the cohort folder.
+    :class:`CohortVolumes` — subjects of a cohort, loaded from the cohort folder;
+    :class:`ConcatVolumes` — sets one after the other (the steps of a follow-up run).
 
 All are picklable (paths and ids, not arrays, for the on-disk kinds), so a remote task can load
 its own shard.
@@ -154,6 +155,29 @@ class CohortVolumes(VolumeSet):
 
     def __repr__(self) -> str:
         return f"CohortVolumes({self.cohort.name!r}, n={self.n})"
+
+
+class ConcatVolumes(VolumeSet):
+    """Volume sets one after the other (the steps of follow-up generation), with its own shard partition."""
+
+    def __init__(self, parts: Sequence[VolumeSet], shard_size: int = DEFAULT_SHARD):
+        self.parts = list(parts)
+        if not self.parts or len({p.spatial for p in self.parts}) != 1:
+            raise ValueError("ConcatVolumes needs at least one set, all of the same spatial shape")
+        self.n, self.spatial, self.shard_size = sum(p.n for p in self.parts), self.parts[0].spatial, int(shard_size)
+        self.offsets = np.cumsum([0] + [p.n for p in self.parts])
+
+    def _load(self, start: int, stop: int) -> np.ndarray:
+        out = np.empty((stop - start, 1, *self.spatial), np.float32)
+        idx = np.arange(start, stop)
+        which = np.searchsorted(self.offsets, idx, side="right") - 1
+        for j in np.unique(which):
+            sel = which == j
+            out[sel] = self.parts[j].take(idx[sel] - self.offsets[j])
+        return out
+
+    def __repr__(self) -> str:
+        return f"ConcatVolumes({self.parts!r})"
 
 
 def as_volume_set(x: VolumeSet | np.ndarray, shard_size: int = DEFAULT_SHARD) -> VolumeSet:
