@@ -407,6 +407,10 @@ def _cmd_prompts(args) -> int:
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1 (the number of prompts), got {args.limit}")
     suite = load_suite(args.suite)
+    if suite.task != "text-to-volume":
+        raise ValueError(f"suite {suite.name!r} is a {suite.task} suite: its prompts depend on the generator's own "
+                         "previous volumes, so they cannot be exported for the folder adapter; run a follow-up "
+                         "generator (copy-baseline, lesion-paint or your plugin with a follow_up() method) instead")
     reference_args = suite.reference_args if args.reference is None else {}
     cohort = resolve_cohort(args.reference or suite.reference, suite.grid, reference_args, args.quiet)
     n = suite.n_prompts if args.limit is None else min(args.limit, suite.n_prompts)

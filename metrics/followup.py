@@ -93,7 +93,8 @@ class FollowUp(Metric):
             grey = {}
             for cur, prev in (("generated", "previous"), ("reference", "reference_previous")):
                 means = tissue_means(vols[prev], regions.cores)  # both scans measured with the previous one's means
-                grey[cur], grey[prev] = (deep_grey_volumes(vols[n], regions, means) for n in (cur, prev))
+                lesions = np.stack([change_region(regions, a, b, with_deep_grey=False) for a, b in zip(fr[cur], fr[prev])])
+                grey[cur], grey[prev] = (deep_grey_volumes(vols[n], regions, means, lesions) for n in (cur, prev))
             for j in range(len(idx)):
                 row: dict = {}
                 for side, (cur, prev) in (("gen", ("generated", "previous")), ("real", ("reference", "reference_previous"))):

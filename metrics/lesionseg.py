@@ -35,7 +35,7 @@ MODALITIES = ("T1", "T2", "PD", "FLAIR")
 PRIORS = ("csf", "gm", "wm")
 IN_CHANNELS = 1 + len(MODALITIES) + len(PRIORS)
 WEIGHTS = Path(__file__).parent / "weights" / "lesionseg_3mm.safetensors"
-WEIGHTS_SHA256 = "ac1f3e82ace2a1aeb0d2ac2cce18179f660861006b24d36bcc4868c9c7b8b917"
+WEIGHTS_SHA256 = "b2bef96a99d4fd1031c40e043013847f1baa52df598c77fb0639cb629dc16d49"
 _HEADER = "lesionseg"
 
 

@@ -120,3 +120,10 @@ def test_a_text_to_volume_generator_cannot_run_a_follow_up_suite(suite_file, tmp
         run(RunConfig(generator="template", suite=suite_file, out=tmp_path, quiet=True))
     with pytest.raises(ValueError, match=r"copy-baseline.*no generate\(\) method"):
         run(RunConfig(generator="copy-baseline", suite="quick", out=tmp_path, quiet=True))
+
+
+def test_prompts_of_a_follow_up_suite_cannot_be_exported(capsys):
+    from bench.cli import main
+
+    assert main(["prompts", "--suite", "longitudinal-quick"]) == 2
+    assert "follow-up suite" in capsys.readouterr().err

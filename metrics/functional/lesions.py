@@ -118,17 +118,22 @@ def deep_grey_regions(atlas: dict, *, dilate: int = 1, support_dilate: int = 2) 
                            float(atlas["voxel_volume_ml"]))
 
 
-def deep_grey_volumes(volumes: np.ndarray, regions: DeepGreyRegions, means: dict | None = None) -> np.ndarray:
+def deep_grey_volumes(volumes: np.ndarray, regions: DeepGreyRegions, means: dict | None = None,
+                      exclude: np.ndarray | None = None) -> np.ndarray:
     """``(N, 3)``: thalamus, caudate and brain (grey + white matter) volume in mL of ``(N, 1, D, H, W)``
     volumes, with each volume's own tissue means or the given ones (``{"csf"|"gm"|"wm": (N,)}``: a
-    follow-up measured with its previous scan's, so that its change is not a shift of the means)."""
+    follow-up measured with its previous scan's, so that its change is not a shift of the means).
+    ``exclude`` (``(N, D, H, W)`` bool) leaves voxels out of the deep grey-matter sums: the lesions of
+    a follow-up and its previous scan, whose intensity lies between grey matter and CSF on T2 and FLAIR
+    and would otherwise be read as grey matter gained."""
     v = np.asarray(volumes, np.float32)
     means = tissue_means(v, regions.cores) if means is None else means
     out = np.zeros((len(v), 3))
     thal, caud = regions.thalamus[regions.support], regions.caudate[regions.support]
     for i, x in enumerate(v[:, 0]):
         f = pv_fractions(x[regions.support], (0.0, *(float(means[t][i]) for t in ("csf", "gm", "wm"))))
-        out[i] = (f[thal, 2].sum(), f[caud, 2].sum(), (f[:, 2] + f[:, 3]).sum())
+        keep = np.ones(len(f), bool) if exclude is None else ~np.asarray(exclude[i], bool)[regions.support]
+        out[i] = (f[thal & keep, 2].sum(), f[caud & keep, 2].sum(), (f[:, 2] + f[:, 3]).sum())
     return out * regions.voxel_volume_ml
 
 
@@ -147,15 +152,16 @@ def deep_grey_features(volumes: np.ndarray, regions: Sequence[DeepGreyRegions]) 
 
 
 def change_region(regions: DeepGreyRegions, *lesion_fractions: np.ndarray, margin: int = 1,
-                  threshold: float = 0.1) -> np.ndarray:
+                  threshold: float = 0.1, with_deep_grey: bool = True) -> np.ndarray:
     """Where a follow-up may legitimately differ from its previous scan: every voxel of lesion fraction
-    above ``threshold`` in any of the maps, dilated by ``margin``, and the deep grey-matter regions."""
+    above ``threshold`` in any of the maps, dilated by ``margin``, and (``with_deep_grey``) the deep
+    grey-matter regions."""
     les = np.zeros(regions.support.shape, bool)
     for f in lesion_fractions:
         les |= np.asarray(f) > threshold
     if margin and les.any():
         les = ndi.binary_dilation(les, iterations=margin)
-    return les | regions.thalamus | regions.caudate
+    return les | regions.thalamus | regions.caudate if with_deep_grey else les
 
 
 def masked_mae(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
