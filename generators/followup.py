@@ -13,7 +13,10 @@ months; since the previous scan: 2 new lesions, 1 enlarging lesion, lesion volum
   drawn with the shares of MS, 45/20/25/10 % periventricular / juxtacortical / deep / infratentorial,
   sized so that the lesion volume grows by the requested mL), with the lesion-to-white-matter intensity
   ratio of the modality measured on the training split's lesion masks; the thalamus, caudate and brain
-  shrink by the requested % (their surfaces moved inwards, the smooth part of the image only). A strong, simple edit that knows the anatomy from the atlas and nothing else.
+  lose the requested % of grey matter to CSF in the partial-volume model the follow-up metrics measure
+  with (atrophy ex vacuo, in the atlas's regions). A strong, simple edit that knows the anatomy from
+  the atlas and nothing else; its atrophy is exact in the measurement's own terms, so its atrophy
+  conformance is the measurement's ceiling, not evidence of realistic atrophy.
 """
 
 from __future__ import annotations
@@ -71,6 +74,10 @@ class LesionPaintGenerator:
         self.zones = np.where(self.wm, self.atlas["lesion_zones"], 0)
         self.nawm = ndi.binary_erosion(np.asarray(self.atlas["wm"]) > 0.9)
         self.ratio, self.ratio_source = self._contrast(context, int(max_train))
+        from metrics.functional.lesions import deep_grey_regions
+
+        self.grey = deep_grey_regions(self.atlas)
+        self.cortex = (np.asarray(self.atlas["gm"]) > 0.3) & ~ndi.binary_dilation(self.grey.thalamus | self.grey.caudate)
         self._net = None
 
     # ---------------------------------------------------------------- set-up
@@ -142,34 +149,42 @@ class LesionPaintGenerator:
         les += f
         return float(f.sum()) * self.vs ** 3 / 1000.0
 
-    def _shrink(self, v: np.ndarray, mask: np.ndarray, pct: float, band: float = 1.5) -> np.ndarray:
-        """Move the surface of ``mask`` inwards so that its volume changes by ``pct`` %.
+    def _atrophy(self, v: np.ndarray, roi: np.ndarray, pct: float, of_brain: bool = False) -> np.ndarray:
+        """Grey matter of ``roi`` given to its neighbour tissue so that the grey-matter partial volume of
+        ``roi`` (``of_brain``: the grey plus white matter of the whole brain) changes by ``pct`` %.
 
-        The displacement is ``delta * (-grad w) / max|grad w|`` with ``w`` the mask smoothed by ``band``
-        voxels (outwards at the surface, fading away from it), so each surface voxel shows what lay
-        further out; ``delta`` is set so that the mask itself, warped the same way, loses ``pct`` % of
-        its volume (the warp is linear in ``delta`` at these sizes: one trial warp calibrates it). Only
-        the smooth part of the image moves (``v - S + warp(S)``, ``S`` = ``v`` smoothed by one voxel):
-        resampling the noisy image itself at sub-voxel shifts would blur it, and a blur changes
-        partial-volume measurements more than a 1 % atrophy does."""
-        m = np.asarray(mask, np.float64)
-        if not pct or not m.any():
+        Each voxel's grey-matter fraction in the two-class partial-volume model of
+        :func:`metrics.functional.lesions.deep_grey_volumes` (the volume's own tissue means) loses the
+        same share to the voxel's other class (white matter, or CSF where the voxel mixes grey matter
+        and CSF; pure grey matter to white matter): its intensity moves that far towards the other
+        class's mean. ``of_brain``: only grey matter that borders CSF (the cortex thinning towards the
+        sulci) moves, to CSF. Replacing grey matter by
+        CSF in a grey/white voxel would read as grey matter *gained* on T2, PD and FLAIR (CSF is the
+        brightest), so the edit keeps to the model's own mixing lines."""
+        from metrics.functional.conformance import pv_fractions
+        from metrics.functional.tissue import tissue_means
+
+        if not pct:
             return v
-        w = ndi.gaussian_filter(m, band)
-        grad = np.stack(np.gradient(w))
-        unit = -grad / max(float(np.sqrt((grad ** 2).sum(0)).max()), 1e-9)
-        coords = np.indices(v.shape).astype(np.float64)
-        lost_per_voxel = m.sum() - ndi.map_coordinates(m, coords + unit, order=1, mode="nearest").sum()
-        delta = -float(pct) / 100.0 * m.sum() / max(float(lost_per_voxel), 1e-9)
-        disp = unit * delta
-        smooth = ndi.gaussian_filter(v.astype(np.float64), 1.0)
-        moved = ndi.map_coordinates(smooth, coords + disp, order=1, mode="nearest")
-        return (v + moved - smooth).astype(np.float32)
+        means = tissue_means(v[None, None], self.grey.cores)
+        mc, mg, mw = (float(means[t][0]) for t in ("csf", "gm", "wm"))
+        sel = roi & self.grey.support
+        f = pv_fractions(v[sel], (0.0, mc, mg, mw))
+        if f[:, 2].sum() <= 0:
+            return v
+        total = (pv_fractions(v[self.grey.support], (0.0, mc, mg, mw))[:, 2:].sum() if of_brain else f[:, 2].sum())
+        to_csf = (f[:, 1] > 0) if not of_brain else (f[:, 3] == 0)
+        movable = f[:, 2] * (to_csf if of_brain else 1.0)  # the brain loses cortex to CSF only
+        if movable.sum() <= 0:
+            return v
+        share = float(np.clip(-pct / 100.0 * total / movable.sum(), -1.0, 1.0))
+        out = v.copy()
+        out[sel] = v[sel] + share * movable * (np.where(to_csf, mc, mw) - mg)
+        return out
 
     # ---------------------------------------------------------------- contract
     def follow_up(self, previous: np.ndarray, prompts: Sequence[Prompt], *, seed: int) -> GenerationOutput:
         out = np.empty_like(np.asarray(previous, np.float32))
-        brain = np.asarray(self.atlas["gm"]) + np.asarray(self.atlas["wm"]) + np.asarray(self.atlas["csf"]) > 0.5
         for i, (x, p) in enumerate(zip(previous, prompts)):
             v = np.array(x[0], np.float32)
             mod = p.attributes.get("modality") or "FLAIR"
@@ -185,9 +200,9 @@ class LesionPaintGenerator:
                 self._new_lesions(v, les, n_new, float(np.clip(want / n_new, 0.06, 5.0)), level, rng)
             for key, pct in (("thalamus", c.get("thalamus_pct")), ("caudate", c.get("caudate_pct"))):
                 if pct:
-                    v = self._shrink(v, np.asarray(self.atlas[key], bool), float(pct))
+                    v = self._atrophy(v, getattr(self.grey, key), float(pct))
             if c.get("brain_pct"):
-                v = self._shrink(v, brain, float(c["brain_pct"]))
+                v = self._atrophy(v, self.cortex, float(c["brain_pct"]), of_brain=True)
             out[i, 0] = np.clip(v, 0.0, 1.0)
         return GenerationOutput(out)
 

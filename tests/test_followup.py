@@ -75,7 +75,7 @@ def test_copy_baseline_has_perfect_identity_and_zero_change(records):
 
 def test_lesion_paint_changes_what_the_prompt_asks(records):
     copy, paint = records["copy-baseline"]["metrics"], records["lesion-paint"]["metrics"]
-    for k in ("new_lesions", "lesion_volume_change"):
+    for k in ("new_lesions", "lesion_volume_change", "thalamus_change", "caudate_change"):
         assert paint[f"followup/{k}_r"]["value"] > 0.5, k
         assert paint[f"followup/{k}_mae"]["value"] < copy[f"followup/{k}_mae"]["value"], k
     assert paint["followup/cumulative_new_lesions_r"]["value"] > 0.5
