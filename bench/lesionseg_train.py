@@ -10,8 +10,9 @@ left-right flips, binary cross-entropy plus soft Dice against the lesion tissue 
 shipped weights record the command, cohort, steps and time in their header. The learning rate decays
 from 3e-3 to 3e-4 (cosine).
 
-Validation (on another cohort: the suites' seed-0 ``phantom-ms``): per modality, the Dice of
-``fraction > 0.5`` against the ground truth's ``fraction > 0.5``, lesion-wise detection F1 (a
+Validation (on another cohort: the suites' seed-0 ``phantom-ms``): per modality, the Dice of the
+segmentation's mask (``fraction > 0.8``, :data:`metrics.functional.lesions.THRESHOLD`) against the ground
+truth's ``fraction > 0.5``, lesion-wise detection F1 (a
 ground-truth lesion is found when a predicted voxel touches it; a predicted component is true when it
 touches a lesion), and the correlation of predicted and true lesion volumes (sums of fractions).
 """
@@ -33,6 +34,7 @@ from core.io import atomic_write, sha256_file
 from core.progress import Progress
 from cohorts.atlas import atlas_on_grid
 from cohorts.subject import Cohort
+from metrics.functional.lesions import THRESHOLD
 from metrics.lesionseg import MODALITIES, LesionNet, load_lesion_net, normalise, segment
 
 __all__ = ["load_cohort", "train", "validate", "lesion_scores"]
@@ -120,8 +122,9 @@ def nn_bce(logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def lesion_scores(pred: np.ndarray, truth: np.ndarray) -> dict:
-    """Dice, lesion-wise detection counts and volumes (in voxels) of one predicted vs true fraction map."""
-    p, t = pred > 0.5, truth > 0.5
+    """Dice, lesion-wise detection counts and volumes (in voxels) of one predicted vs true fraction map
+    (the prediction's mask: ``fraction > THRESHOLD``; the truth's: ``fraction > 0.5``)."""
+    p, t = pred > THRESHOLD, truth > 0.5
     tl, nt = ndi.label(truth > 0)
     pl, np_ = ndi.label(p)
     found = len(set(np.unique(tl[p])) - {0})

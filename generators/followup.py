@@ -28,6 +28,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from generators.base import GenerationOutput, GeneratorContext, Prompt, seed_for
+from metrics.functional.lesions import THRESHOLD
 
 __all__ = ["CopyBaselineGenerator", "LesionPaintGenerator"]
 
@@ -137,7 +138,7 @@ class LesionPaintGenerator:
         return added * self.vs ** 3 / 1000.0
 
     def _enlarge(self, v, les, n, level) -> float:
-        labels, k = ndi.label(les > 0.5)
+        labels, k = ndi.label(les > THRESHOLD)
         if not k or n <= 0:
             return 0.0
         sizes = ndi.sum(les, labels, np.arange(1, k + 1))

@@ -10,8 +10,10 @@ Model (:class:`LesionNet`): a 3-level U-Net (8/16/32 channels, instance norm, Le
 volume scaled by its brain's 99th intensity percentile, four constant channels that say the modality
 (T1, T2, PD, FLAIR: what the prompt asked for) and the atlas's CSF, GM and WM priors on the grid
 (volumes live in atlas space, so the priors say where white matter, sulci and ventricles are). Output:
-the lesion tissue fraction of every voxel (sigmoid). The binary mask is ``fraction > 0.5``; the lesion
-volume is the sum of fractions.
+the lesion tissue fraction of every voxel (sigmoid), averaged over the volume and its left-right
+mirror image (the network trained on both). The binary mask is ``fraction > 0.8``
+(:data:`metrics.functional.lesions.THRESHOLD`, chosen on the training cohort); the lesion volume is the
+sum of fractions.
 
 Weights: ``metrics/weights/lesionseg_3mm.safetensors``, trained by ``python -m bench.lesionseg_train``
 on a ``phantom-ms`` cohort with seed 1 (its subjects are not those of the seed-0 cohort the suites and
@@ -121,10 +123,14 @@ def load_lesion_net(path: str | Path = WEIGHTS, *, check_sha256: bool = True) ->
 
 @torch.no_grad()
 def segment(net: LesionNet, volumes: np.ndarray, modalities: list[str], priors: dict[str, np.ndarray], *,
-            batch_size: int = 4) -> np.ndarray:
-    """Lesion tissue fraction ``(N, D, H, W)`` float32 in [0, 1] of volumes in atlas space (3 mm grid)."""
+            batch_size: int = 4, mirror: bool = True) -> np.ndarray:
+    """Lesion tissue fraction ``(N, D, H, W)`` float32 in [0, 1] of volumes in atlas space (3 mm grid);
+    ``mirror``: the mean of the outputs for the volume and its left-right mirror image (RAS axis 0)."""
     out = []
     for i in range(0, len(volumes), batch_size):
         x = normalise(volumes[i:i + batch_size], list(modalities[i:i + batch_size]), priors)
-        out.append(torch.sigmoid(net(x))[:, 0].numpy())
+        p = torch.sigmoid(net(x))
+        if mirror:
+            p = (p + torch.sigmoid(net(x.flip(2))).flip(2)) / 2
+        out.append(p[:, 0].numpy())
     return np.concatenate(out) if out else np.zeros((0, *np.shape(volumes)[1:]), np.float32)
