@@ -2,13 +2,13 @@
 
 A follow-up suite names a longitudinal reference cohort (subjects with ``sequence`` and ``session``:
 ``phantom-ms-long``, or a prepared BIDS dataset with sessions). ``n_prompts`` sequences of its test
-split are drawn (seeded); each has a real baseline (session 0) and ``K`` follow-ups, the same ``K``
+split are drawn (seeded); each has a real baseline scan (``ses-00``) and ``K`` follow-up scans, the same ``K``
 for all (the most common number of follow-ups in the split). Generation is autoregressive, as a user
 would run a model over time:
 
-- step 1: the generator gets the real baseline and the caption of the real session 1 ("... Follow-up
+- step 1: the generator gets the real baseline and the caption of the real scan ``ses-01`` ("... Follow-up
   at 12 months; since the previous scan: 2 new lesions, ...");
-- step k > 1: it gets its own step k-1 output and the caption of the real session k.
+- step k > 1: it gets its own step k-1 output and the caption of the real scan ``ses-0k``.
 
 Each step is generated in fixed shards of :data:`~bench.stages.SHARD` prompts
 (``<run>/samples/step-k/shard_XXXX.npz``), resumable like a text-to-volume run. The generated set is
@@ -26,16 +26,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench import registry
 from bench.prompts import PromptSet, match_subjects
-from bench.stages import SHARD, EvaluationData, Produce, Prompts, RunState, shard_complete
-from bench.workers import FollowUpShardTask, GeneratorSpec
+from bench.stages import SHARD, EvaluationData, Produce, Prompts, RunState, generate_shards
+from bench.workers import FollowUpShardTask
 from cohorts.captions import parse_caption
 from cohorts.subject import Cohort, Subject
 from core.io import atomic_write_json
-from core.runfiles import shard_path
-from generators.base import Prompt, seed_for
-from metrics.volumes import CohortVolumes, ConcatVolumes, NpzShards, VolumeSet
+from generators.base import Prompt
+from metrics.volumes import CohortVolumes, ConcatVolumes, VolumeSet
 
 __all__ = ["FollowUpEvaluationData", "FollowUpPlan", "FollowUpProduce", "FollowUpPrompts", "followup_plan"]
 
@@ -45,7 +43,7 @@ log = logging.getLogger("braingenbench.runner")
 @dataclass
 class FollowUpPlan:
     """The sequences of a follow-up run, step-major: item ``i`` is follow-up ``steps[i]`` of
-    ``sequences[i]``; ``baselines[j]`` is sequence ``j``'s real session 0."""
+    ``sequences[i]``; ``baselines[j]`` is sequence ``j``'s real baseline scan (``ses-00``)."""
 
     baselines: list[Subject]
     prompts: PromptSet
@@ -117,29 +115,16 @@ class FollowUpProduce(Produce):
     """Follow-ups step by step, each step from the previous step's volumes (finished shards are kept)."""
 
     def run(self, state: RunState) -> None:
-        cfg, suite, plan = state.cfg, state.suite, state.followup
-        spec = GeneratorSpec(registry.generators.canonical(cfg.generator), state.gen_args, state.reference,
-                             state.reference_args, suite.grid.name, cfg.device, cfg.heap)
-        state.executor.store[spec.key] = state.generator
+        suite, plan = state.suite, state.followup
+        spec = self.generator_spec(state)
         n_seq = len(plan.baselines)
         previous = CohortVolumes(state.cohort, plan.baselines, SHARD)
         inputs, steps = [previous], []
         for k in range(1, plan.n_steps + 1):
             prompts = plan.prompts.prompts[(k - 1) * n_seq:k * n_seq]
-            folder = state.run_dir / "samples" / f"step-{k}"
-            folder.mkdir(parents=True, exist_ok=True)
-            paths, todo = [], []
-            for start in range(0, n_seq, SHARD):
-                chunk = prompts[start:start + SHARD]
-                path = shard_path(folder, start // SHARD)
-                paths.append(str(path))
-                if not shard_complete(path, (len(chunk), 1, *suite.grid.shape)):
-                    todo.append((start // SHARD, chunk, seed_for(state.seed * 31 + k, start), str(path)))
-            if todo:
-                log.info("follow-up step %d: generating %d of %d shards", k, len(todo), len(paths))
-                state.executor.map(FollowUpShardTask(spec, suite.grid.shape, previous), todo,
-                                   desc=f"follow-up step {k}", gpu=True)
-            previous = NpzShards(paths, n_seq, suite.grid.shape, SHARD)
+            previous = generate_shards(state.executor, spec, prompts, state.seed * 31 + k, suite.grid,
+                                       state.run_dir / "samples" / f"step-{k}",
+                                       FollowUpShardTask(spec, suite.grid.shape, previous), f"follow-up step {k}")
             steps.append(previous)
             inputs.append(previous)
         state.generated = ConcatVolumes(steps, SHARD)

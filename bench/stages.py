@@ -211,9 +211,10 @@ def shard_complete(path: Path, shape: tuple[int, ...]) -> bool:
 
 
 def generate_shards(executor: Executor, spec: GeneratorSpec, prompts: list[Prompt], seed: int, grid: Grid,
-                    folder: Path) -> NpzShards:
+                    folder: Path, task=None, desc: str = "generate") -> NpzShards:
     """Generate the missing shards of ``folder`` (``shard_XXXX.npz``, ``SHARD`` prompts each) as tasks
-    on ``executor``; returns the generated set, read from the shard files."""
+    on ``executor`` (``task``: a shard task of ``(index, prompts, seed, path)``, by default
+    :class:`GenerateShardTask`); returns the generated set, read from the shard files."""
     folder.mkdir(parents=True, exist_ok=True)
     paths, todo = [], []
     for start in range(0, len(prompts), SHARD):
@@ -223,8 +224,8 @@ def generate_shards(executor: Executor, spec: GeneratorSpec, prompts: list[Promp
         if not shard_complete(path, (len(chunk), 1, *grid.shape)):
             todo.append((start // SHARD, chunk, seed_for(seed, start), str(path)))
     if todo:
-        log.info("generating %d of %d shards", len(todo), len(paths))
-        executor.map(GenerateShardTask(spec, grid.shape), todo, desc="generate", gpu=True)
+        log.info("%s: generating %d of %d shards", desc, len(todo), len(paths))
+        executor.map(task or GenerateShardTask(spec, grid.shape), todo, desc=desc, gpu=True)
     return NpzShards(paths, len(prompts), grid.shape, SHARD)
 
 
@@ -233,11 +234,18 @@ class Produce(Stage):
 
     name = "generate"
 
-    def run(self, state: RunState) -> None:
-        cfg, suite = state.cfg, state.suite
+    @staticmethod
+    def generator_spec(state: RunState) -> GeneratorSpec:
+        """The run's generator as a spec for shard tasks; the local executor reuses the one Setup built."""
+        cfg = state.cfg
         spec = GeneratorSpec(registry.generators.canonical(cfg.generator), state.gen_args, state.reference,
-                             state.reference_args, suite.grid.name, cfg.device, cfg.heap)
-        state.executor.store[spec.key] = state.generator  # the local executor reuses the generator built above
+                             state.reference_args, state.suite.grid.name, cfg.device, cfg.heap)
+        state.executor.store[spec.key] = state.generator
+        return spec
+
+    def run(self, state: RunState) -> None:
+        suite = state.suite
+        spec = self.generator_spec(state)
         state.generated = generate_shards(state.executor, spec, state.prompt_set.prompts, state.seed, suite.grid,
                                           state.run_dir / "samples")
 

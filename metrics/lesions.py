@@ -52,7 +52,6 @@ class LesionMeasurer:
     def __init__(self, weights: str | Path | None = None):
         self.weights = None if weights is None else str(weights)
         self._net = None
-        self._regions: tuple[int, DeepGreyRegions] | None = None
         self._feature_regions: tuple[int, list[DeepGreyRegions]] | None = None
 
     def net(self):
@@ -70,9 +69,8 @@ class LesionMeasurer:
                                                                           ("trained_on", "steps", "date")}}
 
     def regions(self, atlas: dict) -> DeepGreyRegions:
-        if self._regions is None or self._regions[0] != id(atlas):
-            self._regions = (id(atlas), deep_grey_regions(atlas))
-        return self._regions[1]
+        """The regions of :func:`deep_grey_volumes` (the structures dilated by one voxel)."""
+        return self.feature_regions(atlas)[1]
 
     def feature_regions(self, atlas: dict) -> list[DeepGreyRegions]:
         """The regions of :func:`deep_grey_features` (dilations 0, 1, 2)."""
