@@ -15,10 +15,13 @@ log = logging.getLogger("braingenbench")
 
 
 def _add_run(sub) -> None:
-    p = sub.add_parser("run", help="run a suite against a generator and write a record",
-                       description="Generate from the suite's prompts, compute its metrics and write "
-                                   "DIR/<run_id>/record.json. Re-running the same command resumes the run.")
-    p.add_argument("--generator", required=True, help="generator name (see `ls generators`)")
+    p = sub.add_parser("run", help="run a suite against a generator (or a captioner) and write a record",
+                       description="Generate from the suite's prompts (or, for a report suite, describe its "
+                                   "volumes), compute its metrics and write DIR/<run_id>/record.json. Re-running "
+                                   "the same command resumes the run.")
+    p.add_argument("--generator", default=None, help="generator name (see `ls generators`)")
+    p.add_argument("--captioner", default=None, help="captioner name, for report suites (see `ls captioners`)")
+    p.add_argument("--captioner-args", default="", metavar="K=V,...", help="constructor arguments of the captioner")
     p.add_argument("--suite", required=True, help="suite name (see `ls suites`) or a suite YAML path")
     p.add_argument("--generator-args", default="", metavar="K=V,...", help="constructor arguments of the generator")
     p.add_argument("--extractor-args", default="", metavar="K=V,...",
@@ -68,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="reuse finished runs (default) or start over")
 
     p = sub.add_parser("ls", help="list registered generators, metrics, extractors, cohorts or suites")
-    p.add_argument("what", choices=["generators", "metrics", "extractors", "cohorts", "suites"])
+    p.add_argument("what", choices=["generators", "captioners", "metrics", "extractors", "cohorts", "suites"])
 
     p = sub.add_parser("leaderboard", help="build the static leaderboard site from run records")
     p.add_argument("runs_dir", type=Path)
@@ -258,11 +261,17 @@ def _cmd_run(args) -> int:
     from bench import registry
     from bench.args import parse_kv
 
-    registry.generators.canonical(args.generator)  # unknown names fail before any heavy import
+    if args.generator:  # unknown names fail before any heavy import
+        registry.generators.canonical(args.generator)
+    if args.captioner:
+        registry.captioners.canonical(args.captioner)
+    if not (args.generator or args.captioner):
+        raise ValueError("give --generator NAME (or --captioner NAME for a report suite); see `python -m bench ls`")
     from bench.records import load_record
     from bench.runner import RunConfig, run
 
     cfg = RunConfig(generator=args.generator, suite=args.suite, generator_args=parse_kv(args.generator_args),
+                    captioner=args.captioner, captioner_args=parse_kv(args.captioner_args),
                     extractor_args=parse_kv(args.extractor_args), reference=args.reference, out=args.out,
                     seed=args.seed, limit=args.limit, device=args.device, resume=args.resume, quiet=args.quiet,
                     executor=args.executor, ray_address=args.ray_address, heap=args.heap)

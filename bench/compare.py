@@ -79,6 +79,7 @@ from bench.compare_types import (BETTER, CORRECTION, CORRECTION_TEXT, MIXED, NA,
                                  TOL_TEXT, UNMEASURED, VERDICT_RULE, WORSE, AxisSummary, Comparison, CompareError,
                                  MetricDiff, _checkpoint, _summary)
 from bench.records import load_record
+from core.axes import axes_for
 from leaderboards import verdicts
 
 #: every name importable from ``bench.compare``: the entry points defined here and, re-exported, the
@@ -156,7 +157,7 @@ def summarise_axes(diffs: list[MetricDiff], record: dict) -> list[AxisSummary]:
     lines = verdicts.headline(record)
     compared = [m for m in diffs if m.verdict != NA]
     out = []
-    for axis in verdicts.AXES:
+    for axis in axes_for(record.get("task")):
         hl = [m for m in compared if m.key in lines.get(axis, [])]
         rest = [m for m in compared if m not in hl and _axis_of(m, lines) == axis]
         for m in hl:

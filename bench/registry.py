@@ -1,7 +1,8 @@
 """The registries of generators, extractors, metrics and suites, with the built-in entries.
 
 The mechanism (lazy ``"module:Object"`` entries, aliases, entry-point plugins in the groups
-``braingenbench.generators``, ``braingenbench.extractors``, ``braingenbench.metrics``, "did you mean")
+``braingenbench.generators``, ``braingenbench.captioners``, ``braingenbench.extractors``,
+``braingenbench.metrics``, "did you mean")
 is :class:`core.registry.Registry`; cohorts are registered in :mod:`cohorts.registry`.
 """
 
@@ -10,12 +11,13 @@ from __future__ import annotations
 from cohorts.registry import cohorts
 from core.registry import Registry, UnknownNameError
 
-__all__ = ["Registry", "UnknownNameError", "cohorts", "extractors", "generators", "metrics", "suites"]
+__all__ = ["Registry", "UnknownNameError", "captioners", "cohorts", "extractors", "generators", "metrics", "suites"]
 
 generators: Registry = Registry("generator", "braingenbench.generators")
 extractors: Registry = Registry("extractor", "braingenbench.extractors")
 metrics: Registry = Registry("metric", "braingenbench.metrics")
 suites: Registry = Registry("suite")
+captioners: Registry = Registry("captioner", "braingenbench.captioners")
 
 # Built-in entries are lazy so that `python -m bench ls` stays fast and imports nothing heavy.
 generators.register("retrieval", "generators.retrieval:RetrievalGenerator",
@@ -90,3 +92,18 @@ metrics.register("lesion_conformance", "metrics.lesions:LesionConformance", alia
                  description="lesion count / volume / location and thalamus / caudate volume, requested vs measured")
 metrics.register("followup", "metrics.followup:FollowUp", aliases=("follow-up",),
                  description="follow-ups: identity to the previous scan, change conformance, sequence coherence")
+
+captioners.register("measure-and-describe", "captioners.measure:MeasureAndDescribe", aliases=("measure",),
+                    description="atlas-guided measurements and predictors written out by the caption grammar")
+captioners.register("nearest-caption", "captioners.baselines:NearestCaption", aliases=("nearest",),
+                    description="caption of the nearest training volume in an extractor's feature space")
+captioners.register("cohort-prior", "captioners.baselines:CohortPrior", aliases=("prior",),
+                    description="the most typical training caption of the predicted modality (floor)")
+captioners.register("folder", "captioners.folder:FolderCaptioner",
+                    description="reports written elsewhere: a CSV of subject_id, report")
+metrics.register("report_clinical", "metrics.reports:ReportClinical", aliases=("clinical",),
+                 description="report task: statements checked against the truth (accuracy, hallucinations, missing)")
+metrics.register("report_text", "metrics.reports:ReportText", aliases=("text",),
+                 description="report task: BLEU-1/4, ROUGE-L, chrF, embedding cosine against the true caption")
+metrics.register("roundtrip", "metrics.reports:RoundTrip", aliases=("round-trip",),
+                 description="text -> volume -> report -> attributes vs the prompt (a captioner describes the samples)")

@@ -47,9 +47,11 @@ log = logging.getLogger("braingenbench.runner")
 class RunConfig:
     """Everything ``python -m bench run`` takes (CLI flags equal these fields)."""
 
-    generator: str
+    generator: str | None
     suite: str | Path
     generator_args: dict[str, Any] = field(default_factory=dict)
+    captioner: str | None = None
+    captioner_args: dict[str, Any] = field(default_factory=dict)
     extractor_args: dict[str, Any] = field(default_factory=dict)
     reference: str | None = None
     out: Path = Path("runs")
@@ -68,6 +70,21 @@ class RunConfig:
             raise ValueError(f"--limit must be >= 1 (the number of prompts to use), got {self.limit}")
         check_heap_policy(self.heap)
 
+    def model(self, task: str) -> tuple[registry.Registry, str, dict[str, Any]]:
+        """``(registry, name, raw arguments)`` of the model the suite's task evaluates: the captioner of a
+        ``report`` suite, the generator otherwise (a missing or misplaced one is an error naming the fix)."""
+        if task == "report":
+            if not self.captioner:
+                raise ValueError("a report suite evaluates a captioner (volume -> text): give --captioner NAME "
+                                 f"(one of: {', '.join(registry.captioners.names())})")
+            return registry.captioners, self.captioner, self.captioner_args
+        if self.captioner and not self.generator:
+            raise ValueError(f"--captioner is for report suites; this is a {task} suite: give --generator NAME "
+                             "(a captioner is used by the roundtrip metric through its captioner= argument)")
+        if not self.generator:
+            raise ValueError("give --generator NAME (see `python -m bench ls generators`)")
+        return registry.generators, self.generator, self.generator_args
+
 
 def code_fingerprint() -> str:
     """sha256 over the source of the packages that make the numbers: a run folder is only resumed by
@@ -76,7 +93,7 @@ def code_fingerprint() -> str:
 
     root = Path(__file__).resolve().parents[1]
     h = hashlib.sha256()
-    for pkg in ("core", "cohorts", "bench", "generators", "metrics"):
+    for pkg in ("core", "cohorts", "bench", "generators", "captioners", "metrics"):
         for f in sorted((root / pkg).rglob("*.py")):
             h.update(str(f.relative_to(root)).encode())
             h.update(f.read_bytes())
@@ -89,11 +106,12 @@ def run_id_for(cfg: RunConfig, suite: Suite, gen_args: dict, reference: str, gen
     carries its checkpoint's sha256, or the folder adapter's sample-file digest) and the reference
     cohort's content hash are part of the key, so replacing a checkpoint's bytes at the same path
     starts a new run instead of resuming the old one."""
-    key = {"code": code_fingerprint(), "generator": registry.generators.canonical(cfg.generator),
-           "generator_args": gen_args, "generator_info": to_jsonable(generator_info or {}), "cohort": cohort_hash,
+    reg, model, _ = cfg.model(suite.task)
+    key = {"code": code_fingerprint(), "generator": reg.canonical(model), "generator_args": gen_args,
+           "generator_info": to_jsonable(generator_info or {}), "cohort": cohort_hash,
            "extractor_args": cfg.extractor_args, "suite": suite.to_dict(), "reference": reference,
            "seed": cfg.seed if cfg.seed is not None else suite.seed, "limit": cfg.limit, "shard": SHARD}
-    name = _slug(shown_as) if shown_as else registry.generators.canonical(cfg.generator)
+    name = _slug(shown_as) if shown_as else reg.canonical(model)
     return f"{suite.name}-{name}-{hash_obj(key)[:10]}"
 
 
@@ -106,6 +124,7 @@ def run(cfg: RunConfig) -> Path:
     ``record.json``."""
     cfg.check()
     suite = load_suite(cfg.suite)
+    cfg.model(suite.task)  # the right kind of model for the task, before any work
     state = RunState(cfg=cfg, suite=suite, seed=cfg.seed if cfg.seed is not None else suite.seed,
                      device=resolve_device(cfg.device))
     try:

@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -77,6 +78,7 @@ class RunState:
     skipped: dict[str, str] = field(default_factory=dict)  # metric key -> why it was not run
     results: dict[str, dict] = field(default_factory=dict)
     followup: Any = None  # bench.followup.FollowUpPlan of a follow-up run
+    reports: list[str] | None = None  # a report run's reports, in prompt order
 
     @property
     def reference(self) -> str:
@@ -122,9 +124,14 @@ class Setup(Stage):
         from bench.runner import run_id_for
 
         cfg, suite = state.cfg, state.suite
-        check_task_support(suite.task, cfg.generator)  # a typo or a generator of another task fails before any work
+        reg, name, _ = cfg.model(suite.task)
+        if suite.task in TASK_GENERATOR_METHOD:  # a typo or a generator of another task fails before any work
+            check_task_support(suite.task, name)
         metrics = [(spec, build_metric(spec)) for spec in suite.metrics]
         check_extractor_args(sorted({e for _, m in metrics for e in m.extractors()}), cfg.extractor_args)
+        for _, m in metrics:
+            for c in getattr(m, "captioners", lambda: [])():
+                registry.captioners.canonical(c)  # an unknown captioner fails here, with "did you mean"
         t = time.perf_counter()
         state.cohort = resolve_cohort(state.reference, suite.grid, state.reference_args, cfg.quiet)
         state.timings["cohort"] = time.perf_counter() - t
@@ -132,13 +139,11 @@ class Setup(Stage):
         # 'bounded' policy would slow by ~30 % (each volume-sized array zero-filled anew); the policy is for
         # the streaming stages that follow (bench.memory)
         apply_heap_policy(cfg.heap)
-        ctx = GeneratorContext(cohort=state.cohort, grid=suite.grid, device=state.device,
-                               cache_dir=home_cache("generators"), quiet=cfg.quiet)
-        state.generator, state.gen_args = build_generator(cfg.generator, cfg.generator_args, ctx)
+        state.generator, state.gen_args = self.build_model(state)
         state.metrics = metrics
         state.generator_info = to_jsonable(state.generator.info())
         state.run_id = run_id_for(cfg, suite, state.gen_args, state.reference, state.generator_info,
-                                  state.cohort.content_hash, display_name(state.generator, cfg.generator))
+                                  state.cohort.content_hash, display_name(state.generator, reg.entry(name).name))
         state.run_dir = Path(cfg.out) / state.run_id
         if state.run_dir.exists() and not cfg.resume:
             shutil.rmtree(state.run_dir)
@@ -147,13 +152,22 @@ class Setup(Stage):
         state.executor = make_executor(cfg.executor, ray_address=cfg.ray_address, quiet=cfg.quiet)
         log.info("run %s -> %s", state.run_id, state.run_dir)
 
+    def build_model(self, state: RunState) -> tuple[Any, dict]:
+        """The model the task evaluates, built with its checked arguments: here the generator."""
+        cfg = state.cfg
+        ctx = GeneratorContext(cohort=state.cohort, grid=state.suite.grid, device=state.device,
+                               cache_dir=home_cache("generators"), quiet=cfg.quiet)
+        return build_generator(cfg.generator, cfg.generator_args, ctx)
+
+
+#: generator tasks -> the generator method their produce stage calls (a generator without it cannot run the task)
+TASK_GENERATOR_METHOD: Mapping[str, str] = MappingProxyType({"text-to-volume": "generate", "follow-up": "follow_up"})
+
 
 def check_task_support(task: str, generator: str) -> None:
-    """The generator can do the suite's task (it has the task's method, :data:`bench.tasks.TASK_METHOD`)."""
-    from bench.tasks import TASK_METHOD
-
+    """The generator can do the suite's task (it has the task's method, :data:`TASK_GENERATOR_METHOD`)."""
     cls = registry.generators.get(generator)
-    method = TASK_METHOD[task]
+    method = TASK_GENERATOR_METHOD[task]
     if not callable(getattr(cls, method, None)):
         able = [n for n in registry.generators.names() if _has_method(n, method)]
         raise ValueError(f"generator {registry.generators.canonical(generator)!r} cannot do the suite's task "
@@ -167,11 +181,11 @@ def _has_method(name: str, method: str) -> bool:
         return False
 
 
-def display_name(generator: Any, registered: str) -> str:
-    """The name a run is shown under: the generator's ``display_name`` (``folder``'s ``name=``), else
-    its registered name."""
-    name = getattr(generator, "display_name", None)
-    return str(name) if name else registry.generators.entry(registered).name
+def display_name(model: Any, registered: str) -> str:
+    """The name a run is shown under: the model's ``display_name`` (``folder``'s ``name=``), else
+    ``registered`` (its registered name)."""
+    name = getattr(model, "display_name", None)
+    return str(name) if name else registered
 
 
 class Prompts(Stage):
@@ -283,11 +297,19 @@ class EvaluationData(Stage):
             train_attributes=[s.attributes() for s in train] if train is not None else None,
             atlas=_atlas(suite.grid) if Input.ATLAS in inputs else None,
             tissue_consensus=_tissue_consensus(cohort, ps.reference) if Input.TISSUE_LABELS in inputs else None,
-            **self.task_sets(state))
+            **_text_inputs(state, inputs, volume_sets), **self.task_sets(state))
 
     def task_sets(self, state: RunState) -> dict:
         """Further :class:`EvalSets` fields of a task kind (a follow-up run's previous scans)."""
         return {}
+
+
+def _text_inputs(state: RunState, inputs: set, volume_sets: dict) -> dict:
+    """``sets.describe`` (captioners' reports of a volume set) and ``sets.embed_text`` (MiniLM), when asked for."""
+    from bench.report import Describer, embed_text
+
+    return {"describe": Describer(state, volume_sets) if Input.DESCRIBE in inputs else None,
+            "embed_text": embed_text(state) if Input.TEXT_ENCODER in inputs else None}
 
 
 def _inputs(metric) -> frozenset:
@@ -405,9 +427,10 @@ class Record(Stage):
         failed = sorted(k for k, r in state.results.items()
                         if r.get("value") is None and (r.get("details") or {}).get("error"))
         state.timings["total"] = time.perf_counter() - state.t_start
-        generator = {"name": registry.generators.entry(cfg.generator).name, "args": state.gen_args,
-                     "info": state.generator_info}
-        shown = display_name(state.generator, cfg.generator)
+        reg, name, _ = cfg.model(state.suite.task)
+        generator = {"name": reg.entry(name).name, "args": state.gen_args, "info": state.generator_info,
+                     "kind": "captioner" if reg is registry.captioners else "generator"}
+        shown = display_name(state.generator, generator["name"])
         if shown != generator["name"]:
             generator["display_name"] = shown
         record = {
@@ -425,5 +448,10 @@ class Record(Stage):
             "extractors": {e: state.pool.fingerprint(e) for e in extractors},
             "metrics": state.results, "prompts": ps.to_json(), "samples_dir": "samples",
         }
+        if state.reports is not None:  # a report run: each volume's report beside its true and floor captions
+            record["reports"] = [{"subject_id": s.subject_id, "report": r, "caption": s.caption,
+                                  "floor_subject_id": f.subject_id, "floor_caption": f.caption}
+                                 for s, f, r in zip(ps.reference, ps.floor, state.reports)]
+            record["samples_dir"] = "reports"
         validate_record(to_jsonable(record), where=str(state.run_dir / "record.json"))
         atomic_write_json(state.run_dir / "record.json", record)

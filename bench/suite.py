@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from cohorts.grid import Grid, get_grid
+from core.axes import AXES
 from core.names import did_you_mean
 
 SUITES_DIR = Path(__file__).parent / "suites"
@@ -75,9 +76,7 @@ class Suite:
 _TOP = {"name", "version", "description", "reference", "grid", "n_prompts", "seed", "metrics", "floor_split",
         "headline", "task", "include"}
 #: Task kinds a suite may declare (``task:``); the runner's stages for each are in :mod:`bench.tasks`.
-TASKS = ("text-to-volume", "follow-up")
-#: The axes a suite's ``headline:`` may name (in display order).
-AXES = ("realism", "diversity", "conformance", "privacy")
+TASKS = ("text-to-volume", "follow-up", "report")
 _METRIC = {"name", "args", "key", "tolerance"}
 
 

@@ -2,11 +2,12 @@
 
 - ``text-to-volume``: captions -> volumes (:mod:`bench.stages`);
 - ``follow-up``: previous scan + follow-up caption -> follow-up scan, autoregressive over a sequence
-  (:mod:`bench.followup`).
+  (:mod:`bench.followup`);
+- ``report``: volume -> text, a captioner describing real volumes (:mod:`bench.report`).
 
-A new kind (report generation: volume -> text) is a new entry here with its own prompt, produce and
-evaluation stages, reusing :class:`~bench.stages.Setup`, :class:`~bench.stages.Metrics` and
-:class:`~bench.stages.Record`, and the generator method it calls (:data:`TASK_METHOD`).
+A new kind is a new entry here with its own prompt, produce and evaluation stages, reusing
+:class:`~bench.stages.Setup`, :class:`~bench.stages.Metrics` and :class:`~bench.stages.Record`, and
+the model method it calls (:data:`TASK_METHOD`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from types import MappingProxyType
 from typing import Callable, Mapping
 
 from bench.followup import FollowUpEvaluationData, FollowUpProduce, FollowUpPrompts
-from bench.stages import EvaluationData, Metrics, Produce, Prompts, Record, Setup, Stage
+from bench.report import ReportEvaluationData, ReportProduce, ReportPrompts, ReportSetup
+from bench.stages import TASK_GENERATOR_METHOD, EvaluationData, Metrics, Produce, Prompts, Record, Setup, Stage
 from bench.suite import TASKS
 
 __all__ = ["TASK_METHOD", "TASK_STAGES", "stages_for"]
@@ -24,9 +26,10 @@ __all__ = ["TASK_METHOD", "TASK_STAGES", "stages_for"]
 TASK_STAGES: Mapping[str, Callable[[], list[Stage]]] = MappingProxyType({
     "text-to-volume": lambda: [Setup(), Prompts(), Produce(), EvaluationData(), Metrics(), Record()],
     "follow-up": lambda: [Setup(), FollowUpPrompts(), FollowUpProduce(), FollowUpEvaluationData(), Metrics(), Record()],
+    "report": lambda: [ReportSetup(), ReportPrompts(), ReportProduce(), ReportEvaluationData(), Metrics(), Record()],
 })
-#: task kind -> the generator method its produce stage calls (a generator without it cannot run the task)
-TASK_METHOD: Mapping[str, str] = MappingProxyType({"text-to-volume": "generate", "follow-up": "follow_up"})
+#: task kind -> the model method its produce stage calls (a generator's, or for ``report`` a captioner's)
+TASK_METHOD: Mapping[str, str] = MappingProxyType({**TASK_GENERATOR_METHOD, "report": "describe"})
 assert set(TASK_STAGES) == set(TASKS) == set(TASK_METHOD), "every task a suite may declare has its stages"
 
 

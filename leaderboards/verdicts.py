@@ -29,8 +29,8 @@ import json
 import math
 from typing import Any
 
-#: Headline axes, in display order.
-AXES = ("realism", "diversity", "conformance", "privacy")
+from core.axes import AXES
+
 #: Roles a generator declares in ``info()["role"]``.
 ROLES = ("reference-model", "baseline", "memorising baseline", "oracle", "external")
 #: Roles that never get a best marker, whatever their numbers.
@@ -41,6 +41,8 @@ _DEFAULT_HEADLINE = {
     "diversity": ("prdc-deepbet/recall", "ms_ssim_diversity"),
     "conformance": ("conformance/modality_accuracy",),
     "privacy": ("memorization-deepbet",),
+    "clinical": ("report_clinical/accuracy",),
+    "text": ("report_text/bleu1",),
 }
 
 

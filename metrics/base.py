@@ -19,6 +19,7 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
+from core.axes import AXES
 from metrics.volumes import VolumeSet, as_volume_set, check_aligned, concat_results, map_in_process
 
 log = logging.getLogger("braingenbench.metrics")
@@ -71,6 +72,13 @@ class EvalSets:
         reference_previous: follow-up runs: the real scan before ``reference[i]`` in its sequence.
         items: follow-up runs: per generated volume ``{"sequence": id, "step": k}`` (k = 1 for the first
             follow-up); ``floor[i]`` is then another subject's real scan of the same modality and session.
+        reports: report runs (:attr:`Input.REPORTS`): the captioner's report of ``reference[i]``;
+            ``report_attributes`` the caption parser's reading of it, ``captions`` the volume's true caption
+            (``attributes`` is its parsed form), ``floor_captions`` / ``floor_attributes`` the true caption
+            of ``floor[i]``, another subject of the same modality (the floor of every report metric).
+        describe: :attr:`Input.DESCRIBE`: ``describe(captioner, set_name) -> (reports, parsed attributes)``,
+            a registered captioner's reports of a volume set (computed once per run and set).
+        embed_text: :attr:`Input.TEXT_ENCODER`: ``embed_text(texts) -> (N, d)`` sentence embeddings.
     """
 
     generated: VolumeSet
@@ -93,6 +101,13 @@ class EvalSets:
     previous: VolumeSet | None = None
     reference_previous: VolumeSet | None = None
     items: list[dict] | None = None
+    reports: list[str] | None = None
+    report_attributes: list[dict] | None = None
+    captions: list[str] | None = None
+    floor_captions: list[str] | None = None
+    floor_attributes: list[dict] | None = None
+    describe: Callable[[str, str], tuple[list[str], list[dict]]] | None = None
+    embed_text: Callable[[list[str]], np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         for name in SET_NAMES:
@@ -130,8 +145,6 @@ class EvalSets:
         return self.volume_set(name).take(indices)
 
 
-#: What a result says about a generator: the axes of the headline table, in display order.
-AXES = ("realism", "diversity", "conformance", "privacy")
 #: How a value ranks: ``higher`` / ``lower`` is better, or ``target``: closest to the real-vs-real value
 #: (the floor) is best — e.g. diversity, where both too little and too much are wrong.
 DIRECTIONS = ("higher", "lower", "target")
@@ -191,6 +204,12 @@ class Input(str, Enum):
     PAIRED_REFERENCE = "paired_reference"
     #: a follow-up run: ``sets.previous``, ``sets.reference_previous`` and ``sets.items``
     FOLLOW_UP = "follow_up"
+    #: a report run: ``sets.reports``, ``report_attributes``, ``captions``, ``floor_captions``, ``floor_attributes``
+    REPORTS = "reports"
+    #: ``sets.describe``: a captioner's reports of a volume set (round-trip conformance)
+    DESCRIBE = "describe"
+    #: ``sets.embed_text``: the sentence encoder (MiniLM by default)
+    TEXT_ENCODER = "text_encoder"
 
 
 class Metric:
@@ -219,6 +238,10 @@ class Metric:
 
     def extractors(self) -> list[str]:
         """Feature extractors this metric asks the runner for (so it can report their fingerprints)."""
+        return []
+
+    def captioners(self) -> list[str]:
+        """Captioners this metric asks the runner for through ``sets.describe`` (checked before any work)."""
         return []
 
 

@@ -240,7 +240,7 @@ def test_rule_reported_in_json_and_unpaired_fallback(tmp_path):
     assert set(out["rules"]) == {RULE_FD, RULE_PER_SAMPLE} and "tolerance" in out["verdict_rule"]
     assert out["correction"]["method"] == "holm-bonferroni" and out["correction"]["alpha"] == 0.05
     assert out["correction"]["family_size"] == 2 and "Holm" in out["verdict_rule"]
-    assert out["overridden"] == [] and set(out["axes"]) == set(AXES)
+    assert out["overridden"] == [] and set(out["axes"]) == set(AXES)  # a generator's four axes, measured or not
     # different prompts -> independence approximation from the recorded CIs
     other = make_run(tmp_path, "other", seed=2, prompts_seed=7)
     c = compare(base, other)

@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Allowed imports between top-level packages: lower layers never import upper ones.
 #: ``core`` (I/O, hashing, names, the registry mechanism, run/cohort file formats) knows nobody;
 #: ``cohorts`` knows no model and no metric; ``metrics`` and ``leaderboards`` read plain arrays and
-#: records; ``generators`` may use cohorts (captions, grids) and metrics' feature networks; ``bench``
+#: records; ``generators`` and ``captioners`` may use cohorts (captions, grids) and metrics' measurements
+#: and feature networks; ``bench``
 #: (runner, CLI, compare) wires everything.
 ALLOWED: dict[str, set[str]] = {
     "core": set(),
@@ -20,7 +21,8 @@ ALLOWED: dict[str, set[str]] = {
     "metrics": {"core"},
     "leaderboards": {"core"},
     "generators": {"core", "cohorts", "metrics"},
-    "bench": {"core", "cohorts", "metrics", "generators", "leaderboards"},
+    "captioners": {"core", "cohorts", "metrics"},
+    "bench": {"core", "cohorts", "metrics", "generators", "captioners", "leaderboards"},
 }
 
 
@@ -59,7 +61,8 @@ def test_every_package_is_installed_by_pyproject(pkg):
 
 
 #: The runner's modules: a pipeline of small stages, no long functions.
-RUNNER_MODULES = ("bench/runner.py", "bench/stages.py", "bench/workers.py", "bench/prompts.py", "bench/tasks.py")
+RUNNER_MODULES = ("bench/runner.py", "bench/stages.py", "bench/workers.py", "bench/prompts.py", "bench/tasks.py",
+                  "bench/followup.py", "bench/report.py")
 
 
 def test_no_module_over_500_lines():
