@@ -59,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
                                    "deformation, contrast swap, training copies; 3 levels each) of the suite's "
                                    "held-out real volumes through the runner, and write DIR/validation.json: per "
                                    "metric and corruption the values, CIs, monotonicity and the first level "
-                                   "detected against the real-vs-real floor.")
+                                   "detected against the real-vs-real floor. For a report suite the ladder is "
+                                   "the true captions with wrong numbers, other wording or statements left out, "
+                                   "detected against the uncorrupted caption's value.")
     p.add_argument("--suite", required=True, help="suite name (see `ls suites`) or a suite YAML path")
     p.add_argument("--reference", default=None, help="reference cohort (default: the suite's)")
     p.add_argument("--out", type=Path, default=Path("validation"), help="report folder (default: validation/)")
@@ -243,8 +245,10 @@ def _cmd_prepare(args) -> int:
 def _cmd_validate(args) -> int:
     from bench.validate import ValidateConfig, check_corruptions, summary, validate
 
+    from bench.suite import load_suite
+
     kinds = check_corruptions([k.strip() for k in args.corruptions.split(",") if k.strip()]
-                              if args.corruptions else None)
+                              if args.corruptions else None, load_suite(args.suite).task)
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
     path = validate(ValidateConfig(suite=args.suite, out=args.out, reference=args.reference, corruptions=kinds,

@@ -99,6 +99,8 @@ captioners.register("nearest-caption", "captioners.baselines:NearestCaption", al
                     description="caption of the nearest training volume in an extractor's feature space")
 captioners.register("cohort-prior", "captioners.baselines:CohortPrior", aliases=("prior",),
                     description="the most typical training caption of the predicted modality (floor)")
+captioners.register("corrupt-report", "captioners.corrupt:CorruptReport", aliases=("corrupt",),
+                    description="true captions with a graded corruption (the report metrics' report card probe)")
 captioners.register("folder", "captioners.folder:FolderCaptioner",
                     description="reports written elsewhere: a CSV of subject_id, report")
 metrics.register("report_clinical", "metrics.reports:ReportClinical", aliases=("clinical",),

@@ -19,6 +19,14 @@ and CIs as any generator — and writes ``DIR/validation.json``:
 * ``detected_at``: the first level (1-based) whose interval excludes the real-vs-real floor on the
   worse side, or null: the metric does not see this corruption at any level.
 
+A **report** suite (``task: report``) gets the same card from the ``corrupt-report`` captioner
+(:mod:`captioners.corrupt`: each volume's true caption with its numbers wrong, reworded, or with
+statements left out). There the floor is the bad end (another subject's caption), so ``detected_at``
+is the first level whose interval excludes the **ceiling** — the value of the uncorrupted true
+caption (``details.ceiling``: accuracy 1, BLEU 100, an error of 0) — on the worse side
+(``"detected_against": "ceiling"``). A good clinical metric detects ``values`` and ``omit`` and not
+``wording``; a text metric that detects ``wording`` earlier than ``values`` judges words, not content.
+
 Runs live in ``DIR/runs/`` and resume like any run.
 """
 
@@ -30,6 +38,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from captioners.corrupt import REPORT_CORRUPTIONS, check_report_kind
 from core.io import atomic_write_json
 from generators.corrupt import CORRUPTIONS, check_kind
 from leaderboards import verdicts
@@ -47,7 +56,7 @@ class ValidateConfig:
     suite: str | Path
     out: Path = Path("validation")
     reference: str | None = None
-    corruptions: tuple[str, ...] | None = None  # default: every kind of generators.corrupt.CORRUPTIONS
+    corruptions: tuple[str, ...] | None = None  # default: every kind (CORRUPTIONS, or REPORT_CORRUPTIONS)
     seed: int | None = None
     limit: int | None = None
     device: str = "auto"
@@ -56,8 +65,10 @@ class ValidateConfig:
     executor: str = "local"
 
 
-def check_corruptions(names) -> tuple[str, ...]:
-    """The requested corruption kinds, checked (an error with a suggestion on a typo)."""
+def check_corruptions(names, task: str = "text-to-volume") -> tuple[str, ...]:
+    """The requested corruption kinds of a suite's task, checked (an error with a suggestion on a typo)."""
+    if task == "report":
+        return tuple(check_report_kind(n) for n in names) if names else tuple(REPORT_CORRUPTIONS)
     return tuple(check_kind(n) for n in names) if names else tuple(CORRUPTIONS)
 
 
@@ -67,8 +78,9 @@ def validate(cfg: ValidateConfig) -> Path:
     from bench.runner import RunConfig, run
     from bench.suite import load_suite
 
-    kinds = check_corruptions(cfg.corruptions)
-    load_suite(cfg.suite)  # a bad suite fails before any run
+    suite = load_suite(cfg.suite)  # a bad suite fails before any run
+    kinds = check_corruptions(cfg.corruptions, suite.task)
+    report_task = suite.task == "report"
     out = Path(cfg.out)
     records: dict[str, list[tuple[Path, dict]]] = {}
     total = len(kinds) * len(LEVELS)
@@ -76,12 +88,14 @@ def validate(cfg: ValidateConfig) -> Path:
         for level in LEVELS:
             done = sum(len(v) for v in records.values())
             log.info("report card: %s level %d (%d of %d runs)", kind, level, done + 1, total)
-            rc = RunConfig(generator="corrupt", suite=cfg.suite, generator_args={"kind": kind, "level": level},
-                           reference=cfg.reference, out=out / "runs", seed=cfg.seed, limit=cfg.limit,
+            model = ({"generator": None, "captioner": "corrupt-report", "captioner_args": {"kind": kind, "level": level}}
+                     if report_task else {"generator": "corrupt", "generator_args": {"kind": kind, "level": level}})
+            rc = RunConfig(suite=cfg.suite, **model, reference=cfg.reference, out=out / "runs", seed=cfg.seed, limit=cfg.limit,
                            device=cfg.device, resume=cfg.resume, quiet=cfg.quiet, executor=cfg.executor)
             path = run(rc)
             records.setdefault(kind, []).append((path.parent, load_record(path)))
-    report = build_report(records)
+    report = build_report(records, REPORT_CORRUPTIONS if report_task else CORRUPTIONS,
+                          "ceiling" if report_task else "floor")
     dest = out / "validation.json"
     atomic_write_json(dest, report)
     return dest
@@ -91,8 +105,24 @@ def _worse_or_equal(prev: float | None, cur: float | None) -> bool:
     return prev is None or cur is None or cur >= prev - 1e-12 * max(1.0, abs(prev))
 
 
-def build_report(records: dict[str, list[tuple[Path, dict]]]) -> dict:
-    """The report card from ``{kind: [(run folder, record) for levels 1..3]}`` (pure: no I/O)."""
+def excludes_ceiling(entry: dict) -> bool:
+    """The interval of a result lies wholly on the worse side of its ``details.ceiling`` (the value of a
+    perfect report)."""
+    ceiling = verdicts.to_float((entry.get("details") or {}).get("ceiling"))
+    lo, hi = verdicts.to_float(entry.get("ci_low")), verdicts.to_float(entry.get("ci_high"))
+    if ceiling is None or lo is None or hi is None:
+        return False
+    tol = 1e-9 * max(1.0, abs(ceiling))
+    return hi < ceiling - tol if verdicts.direction(entry) == "higher" else lo > ceiling + tol
+
+
+def build_report(records: dict[str, list[tuple[Path, dict]]], table: dict | None = None,
+                 against: str = "floor") -> dict:
+    """The report card from ``{kind: [(run folder, record) for levels 1..3]}`` (pure: no I/O); ``table``:
+    the corruption kinds (default :data:`CORRUPTIONS`); ``against``: ``floor`` or ``ceiling`` (what a
+    detection excludes)."""
+    table = CORRUPTIONS if table is None else table
+    detects = excludes_ceiling if against == "ceiling" else verdicts.excludes_floor
     first = next(rec for runs in records.values() for _, rec in runs)
     keys: list[str] = []
     for runs in records.values():
@@ -107,7 +137,7 @@ def build_report(records: dict[str, list[tuple[Path, dict]]]) -> dict:
             entries = [rec["metrics"].get(key) or {} for _, rec in runs]
             values = [verdicts.to_float(e.get("value")) for e in entries]
             bad = [verdicts.badness(e) for e in entries]
-            detected = next((i + 1 for i, e in enumerate(entries) if verdicts.excludes_floor(e)), None)
+            detected = next((i + 1 for i, e in enumerate(entries) if detects(e)), None)
             metrics[key][kind] = {
                 "levels": levels, "values": values,
                 "ci": [[verdicts.to_float(e.get("ci_low")), verdicts.to_float(e.get("ci_high"))] for e in entries],
@@ -124,8 +154,9 @@ def build_report(records: dict[str, list[tuple[Path, dict]]]) -> dict:
     return {
         "schema_version": SCHEMA_VERSION,
         "suite": first["suite"], "reference": first["reference"], "n": verdicts.n_of(first), "seed": first["seed"],
-        "corruptions": {k: {"levels": list(CORRUPTIONS[k].levels), "unit": CORRUPTIONS[k].unit,
-                            "description": CORRUPTIONS[k].description} for k in records},
+        "corruptions": {k: {"levels": list(table[k].levels), "unit": table[k].unit,
+                            "description": table[k].description} for k in records},
+        "detected_against": against,
         "floor": floor,
         "seconds": {k: round(statistics.median(v), 3) for k, v in seconds.items() if v},
         "metrics": metrics,
@@ -150,7 +181,9 @@ def summary(report: dict) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    lines += ["", "cell: the first level (1-3) whose interval excludes the real-vs-real floor on the worse side; "
+    against = ("the ceiling (the uncorrupted true caption's value)" if report.get("detected_against") == "ceiling"
+               else "the real-vs-real floor")
+    lines += ["", f"cell: the first level (1-3) whose interval excludes {against} on the worse side; "
                   "'-' never; '*' not monotone along the ladder"]
     return "\n".join(lines)
 

@@ -31,8 +31,8 @@ from scipy.stats import spearmanr
 from metrics.base import EvalSets, Input, Metric, MetricResult
 from metrics.conformance import RESAMPLING, score_mean
 from metrics.functional.bootstrap import BC, bootstrap_ci
-from metrics.functional.reports import (band_agreement, band_limits, errors, flat_values, report_scores, statements,
-                                        tolerances)
+from metrics.functional.reports import (band_agreement, band_limits, errors, flat_values, report_scores,
+                                        statement_table, statements, tolerances)
 
 __all__ = ["ReportClinical", "ReportText", "RoundTrip", "clinical_results", "per_report_accuracy"]
 
@@ -61,6 +61,7 @@ def clinical_results(stated: list[dict], truth: list[dict], floor_stated: list[d
                          "they must be paired")
     tol, limits = tolerances(train_attributes), band_limits(train_attributes)
     common = {"tolerances": tol, "tolerance_rule": _TOLERANCE, **(details or {})}
+    best = lambda hib: {"ceiling": 1.0 if hib else 0.0}  # noqa: E731 - the value of a perfect report
     out_g = [statements(s, t, tol) for s, t in zip(stated, truth)]
     out_f = [statements(s, t, tol) for s, t in zip(floor_stated, truth)]
     sg, sf = [report_scores(o) for o in out_g], [report_scores(o) for o in out_f]
@@ -69,15 +70,17 @@ def clinical_results(stated: list[dict], truth: list[dict], floor_stated: list[d
         g, f = np.array([s[key] for s in sg]), np.array([s[key] for s in sf])
         ok = np.isfinite(g) & np.isfinite(f)
         if ok.sum():
-            extra = {"statements": out_g, "floor_statements": out_f} if key == "accuracy" else {}
+            extra = {"statements": [statement_table(s, t, tol) for s, t in zip(stated, truth)],
+                     "floor_statements": out_f} if key == "accuracy" else {}
             res[key] = score_mean(g[ok], f[ok], higher_is_better=hib, n_boot=n_boot, seed=seed,
-                                  details={**common, **extra})
+                                  details={**common, **best(hib), **extra})
     for attr in ("modality", "sex"):
         idx = [i for i, t in enumerate(truth) if flat_values(t).get(attr)]
         if idx:
             hit = lambda o: np.array([o[i][attr] == "correct" for i in idx], float)  # noqa: E731
             res[f"{attr}_accuracy"] = score_mean(hit(out_g), hit(out_f), higher_is_better=True, n_boot=n_boot,
-                                                 seed=seed, details={"unstated_counts_as": "wrong", **common})
+                                                 seed=seed, details={"unstated_counts_as": "wrong", **best(True),
+                                                                     **common})
     bg = np.array([band_agreement(s, t, limits) for s, t in zip(stated, truth)])
     bf = np.array([band_agreement(s, t, limits) for s, t in zip(floor_stated, truth)])
     ok = np.isfinite(bg) & np.isfinite(bf)
@@ -85,7 +88,7 @@ def clinical_results(stated: list[dict], truth: list[dict], floor_stated: list[d
         res["band_agreement"] = score_mean(bg[ok], bf[ok], higher_is_better=True, n_boot=n_boot, seed=seed,
                                            details={"bands": "below the 25th / 25th-75th / above the 75th percentile "
                                                              "of the training subjects", "chance": 1 / 3,
-                                                    "unstated_counts_as": "disagreement", **common})
+                                                    "unstated_counts_as": "disagreement", **best(True), **common})
     keys = sorted({k for t in truth for k in flat_values(t)} - {"modality", "sex"})
     for key in keys:
         eg, ef = errors(stated, truth, key), errors(floor_stated, truth, key)
@@ -95,7 +98,7 @@ def clinical_results(stated: list[dict], truth: list[dict], floor_stated: list[d
                                            details={"unit": "years" if key == "age" else (
                                                "lesions" if key == "lesion_count" else "mL"),
                                                "n_stated": int(np.isfinite(eg).sum()), "n_true": int(
-                                                   sum(key in flat_values(t) for t in truth)), **common})
+                                                   sum(key in flat_values(t) for t in truth)), **best(False), **common})
     return res
 
 

@@ -233,3 +233,19 @@ def test_roundtrip_is_in_ldm3d_records_and_separates_it_from_the_unconditional_m
     assert cond["roundtrip/accuracy"]["floor"] >= 0.9
     assert cond["roundtrip/accuracy"]["details"]["captioner"] == "measure-and-describe"
     assert len(cond["roundtrip/accuracy"]["details"]["reports"]) == 20
+
+
+# ------------------------------------------------------------------------------- report card
+def test_report_card_clinical_accuracy_sees_wrong_numbers_and_ignores_wording_bleu_the_reverse(suite_file, tmp_path,
+                                                                                               cohort):
+    from bench.validate import ValidateConfig, validate
+
+    card = json.loads(validate(ValidateConfig(suite=suite_file, out=tmp_path, corruptions=("values", "wording"),
+                                              quiet=True)).read_text())
+    assert card["detected_against"] == "ceiling" and card["corruptions"]["values"]["levels"] == [0.1, 0.2, 0.4]
+    acc, bleu = card["metrics"]["report_clinical/accuracy"], card["metrics"]["report_text/bleu1"]
+    assert acc["values"]["detected_at"] == 1 and acc["values"]["monotone"]
+    assert acc["wording"]["detected_at"] is None and acc["wording"]["values"] == [1.0, 1.0, 1.0]
+    assert bleu["wording"]["detected_at"] == 1 and bleu["wording"]["values"][2] < 40
+    # every number 40 % off keeps BLEU-1 above 80 (the words are the true caption's), accuracy below 0.3
+    assert bleu["values"]["values"][2] > 80 and acc["values"]["values"][2] < 0.3

@@ -39,7 +39,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 __all__ = ["BANDS", "OUTCOMES", "band", "band_agreement", "band_limits", "errors", "flat_values", "report_scores",
-           "statements", "tolerances"]
+           "statement_table", "statements", "tolerances"]
 
 OUTCOMES = ("correct", "wrong", "missing")
 #: percentile bands of a structure volume: below the 25th, 25th-75th, above the 75th percentile
@@ -122,6 +122,13 @@ def statements(stated: Mapping, truth: Mapping, tol: Mapping[str, float]) -> dic
         else:
             out[k] = "correct" if abs(float(s[k]) - float(tv)) <= tol.get(k, 0.0) + 1e-9 else "wrong"
     return out
+
+
+def statement_table(stated: Mapping, truth: Mapping, tol: Mapping[str, float]) -> dict[str, dict]:
+    """:func:`statements` with the values: ``{key: {"outcome", "stated", "true"}}`` (``stated`` is None
+    when missing) — what a run page shows beside the report."""
+    s, t = flat_values(stated), flat_values(truth)
+    return {k: {"outcome": o, "stated": s.get(k), "true": t[k]} for k, o in statements(stated, truth, tol).items()}
 
 
 def report_scores(outcomes: Mapping[str, str]) -> dict[str, float]:
