@@ -23,6 +23,8 @@ import numpy as np
 from core.runfiles import CohortFiles, load_generated, mid_slices
 
 from . import charts
+from .reports import ReportCard, collect_reports
+from .table import REPORT_TASK
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ class RunArtefacts:
         figures: ``[{"id", "title", "fig" (plotly dict), "caption"}]``.
         effects: Radiomics top effects ``[{"name", "d"}]``, largest ``|d|`` first.
         explain: Cross-attention maps ``[{"token", "images": [relative paths]}]``.
+        reports: Report runs (task ``report``): the first described volumes
+            (:class:`leaderboards.reports.ReportCard`).
         missing: Human reasons for what is not shown.
     """
 
@@ -53,6 +57,7 @@ class RunArtefacts:
     effects: list[dict] = field(default_factory=list)
     effects_key: str = ""
     explain: list[dict] = field(default_factory=list)
+    reports: list[ReportCard] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
 
 
@@ -65,14 +70,16 @@ def _vmax(vol: np.ndarray) -> float:
     return float(np.percentile(finite, 99.5)) or 1.0
 
 
-def write_montage(path: Path, generated: np.ndarray, real: np.ndarray | None, title: str = "") -> None:
-    """A 2×3 PNG: generated (top) and real (bottom) mid slices, axial / coronal / sagittal."""
+def write_montage(path: Path, generated: np.ndarray, real: np.ndarray | None, title: str = "",
+                  labels: tuple[str, str] = ("generated", "real")) -> None:
+    """A 2×3 PNG: generated (top) and real (bottom) mid slices, axial / coronal / sagittal (one row
+    when ``real`` is None); ``labels`` name the rows."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    rows = [("generated", generated)] + ([("real", real)] if real is not None else [])
+    rows = [(labels[0], generated)] + ([(labels[1], real)] if real is not None else [])
     fig, axes = plt.subplots(len(rows), 3, figsize=(6.0, 2.05 * len(rows) + 0.1), dpi=80,
                              squeeze=False, gridspec_kw={"wspace": 0.02, "hspace": 0.06})
     for r, (name, vol) in enumerate(rows):
@@ -85,7 +92,7 @@ def write_montage(path: Path, generated: np.ndarray, real: np.ndarray | None, ti
                 s.set_visible(False)
             if r == 0:
                 ax.set_title(plane, fontsize=9)
-            if c == 0:
+            if c == 0 and name:
                 ax.set_ylabel(name, fontsize=9)
     fig.subplots_adjust(left=0.05, right=0.99, top=0.92 if len(rows) > 1 else 0.88, bottom=0.01)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -239,7 +246,8 @@ def _safe_id(text: str) -> str:
 
 
 def collect(record: dict, run_dir: Path | None, asset_dir: Path, rel_prefix: str) -> RunArtefacts:
-    """Build everything a run page shows from the run folder, the cohort and the metric details.
+    """Build everything a run page shows from the run folder, the cohort and the metric details
+    (for a report run: its first reports beside the described volumes, :mod:`leaderboards.reports`).
 
     Args:
         record: The run record.
@@ -251,6 +259,12 @@ def collect(record: dict, run_dir: Path | None, asset_dir: Path, rel_prefix: str
         The :class:`RunArtefacts`.
     """
     art = RunArtefacts()
+    if record.get("task") == REPORT_TASK:  # real volumes described in words: no samples, no image metrics
+        cohort, why = CohortFiles.open(record)  # the described volumes are the cohort's own
+        art.reports, art.missing = collect_reports(
+            record, asset_dir, rel_prefix, cohort, why,
+            lambda path, vol, real: write_montage(path, vol, real, labels=("", "")))
+        return art
     metrics = record.get("metrics") if isinstance(record.get("metrics"), dict) else {}
 
     # ---- metric details: radiomics effects, embeddings, conformance

@@ -2,6 +2,10 @@
 suite and version, number of prompts, reference cohort and grid), one provenance page per run and,
 when a metric validation report is given, ``validation.html`` (the metric report cards).
 
+Report-generation runs (task ``report``: captioners describing real volumes) get their own section
+of the index, after the generator leaderboards, and run pages that show each report beside its volume
+and true caption (:mod:`leaderboards.reports`).
+
 Each leaderboard leads with its headline metrics per axis (value, CI and ``×floor``, marked when the
 run is outside the real-vs-real floor or, suspiciously, better than real data); the full metric
 table and the charts of the other metrics are one click away (``<details>``).
@@ -28,6 +32,9 @@ from .charts import PLOTLY_ASSET, figure_json, table_figures, write_plotly_js
 from . import verdicts
 from .records import (
     MISSING,
+    REPORT_TASK,
+    REPORT_VERSUS_MARK,
+    REPORT_VERSUS_TEXT,
     VERSUS_TEXT,
     Table,
     build_tables,
@@ -35,6 +42,7 @@ from .records import (
     format_args,
     metric_sort_key,
     reference_of,
+    task_of,
     to_float,
 )
 from .validation import VALIDATION_PAGE, as_validation, blind_text, validation_matrix
@@ -66,6 +74,7 @@ def _environment() -> jinja2.Environment:
     env.filters["num"] = lambda v, digits=4: fmt_number(to_float(v), digits)
     env.filters["short_args"] = format_args
     env.globals["MISSING"] = MISSING
+    env.globals["REPORT_VERSUS_MARK"] = REPORT_VERSUS_MARK
     return env
 
 
@@ -90,6 +99,7 @@ def _metric_rows(record: dict) -> list[dict]:
     """Flatten a record's metrics for the run page, in the preferred column order."""
     out = []
     metrics = record["metrics"]
+    versus_text = REPORT_VERSUS_TEXT if task_of(record) == REPORT_TASK else VERSUS_TEXT
     for key in sorted(metrics, key=lambda k: metric_sort_key(
             k, metrics[k].get("family") if isinstance(metrics[k], dict) else None)):
         entry = metrics[key] if isinstance(metrics[key], dict) else {}
@@ -112,7 +122,7 @@ def _metric_rows(record: dict) -> list[dict]:
             "arrow": {"higher": "↑", "lower": "↓", "target": "target: real"}.get(d or "", ""),
             "ratio": "" if ratio is None else f"×{fmt_number(ratio, 3)}",
             "versus": versus or "",
-            "versus_title": VERSUS_TEXT.get(versus or "", ""),
+            "versus_title": versus_text.get(versus or "", ""),
             "warnings": [str(w) for w in (entry.get("warnings") or [])],
             "error": details.get("error"),
             "description": entry.get("description") or "",
@@ -145,12 +155,16 @@ def _provenance(rec: dict) -> list[tuple[str, str]]:
     gen = rec.get("generator") if isinstance(rec.get("generator"), dict) else {}
     ref = reference_of(rec)
     env = rec.get("environment") if isinstance(rec.get("environment"), dict) else {}
-    rows = [("Generator", f"{gen.get('name')} {format_args(gen.get('args') or {})}".strip()),
+    report = task_of(rec) == REPORT_TASK
+    rows = [("Captioner" if report else "Generator", f"{gen.get('name')} {format_args(gen.get('args') or {})}".strip()),
             ("Role", verdicts.role(rec))]
-    gate, reason = verdicts.memorisation_gate(rec)
-    rows.append(("Memorisation gate", {True: "passed", False: "FAILED (never starred)", None: "not measured"}[gate]
-                 + f": {reason}"))
-    rows.append(("Prompts (N)", str(verdicts.n_of(rec))))
+    if report:  # a captioner writes text about real volumes: there is nothing to memorise
+        rows.append(("Task", "report generation (volume → text)"))
+    else:
+        gate, reason = verdicts.memorisation_gate(rec)
+        rows.append(("Memorisation gate", {True: "passed", False: "FAILED (never starred)",
+                                           None: "not measured"}[gate] + f": {reason}"))
+    rows.append(("Volumes described (N)" if report else "Prompts (N)", str(verdicts.n_of(rec))))
     hashes = _hashes(gen.get("info"))
     rows += [(f"Checkpoint {k}", v) for k, v in hashes] or [("Checkpoint hash", "none recorded")]
     rows.append(("Reference cohort", f"{ref.get('name')} — content hash {ref.get('content_hash') or 'unknown'}"))
@@ -210,7 +224,7 @@ def write_site(records: Iterable[dict], out_dir: str | Path,
     tables: list[Table] = build_tables(records)
 
     items = []
-    for i, t in enumerate(tables):
+    for i, t in enumerate(tables):  # build_tables puts report tables (captioners) last
         anchor = _table_anchor(i)
         head_cols = [c for _, c in t.headline_columns]
         other_cols = [c for c in t.columns if c not in head_cols]
@@ -225,10 +239,12 @@ def write_site(records: Iterable[dict], out_dir: str | Path,
     elif validation_path.is_file():  # stale page of an earlier build with a report
         validation_path.unlink()
     index = env.get_template("index.html").render(
-        tables=items,
+        tables=[it for it in items if not it["t"].is_report],
+        report_tables=[it for it in items if it["t"].is_report],
         pages=pages,
         n_runs=len(records),
         any_synthetic=any(t.synthetic for t in tables),
+        n_tables=len(tables),
         plotly_src=PLOTLY_ASSET,
         validation_page=VALIDATION_PAGE if validation is not None else None,
         id=id,
@@ -250,6 +266,8 @@ def write_site(records: Iterable[dict], out_dir: str | Path,
         prompts = rec.get("prompts") if isinstance(rec.get("prompts"), list) else []
         html = run_tpl.render(
             r=rec,
+            is_report=task_of(rec) == REPORT_TASK,
+            n_reports=len(rec["reports"]) if isinstance(rec.get("reports"), list) else 0,
             ref=reference_of(rec),
             metrics=_metric_rows(rec),
             prompts=prompts[:MAX_PROMPTS],

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-from .records import MISSING, Cell, Column, Row, Table
+from .records import MISSING, REPORT_VERSUS_MARK, Cell, Column, Row, Table
 from .validation import blind_text
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|#~])")
@@ -30,14 +30,17 @@ def escape_md(text: object) -> str:
     return _MD_SPECIAL.sub(r"\\\1", s)
 
 
-def _cell_md(cell: Cell, row: Row, headline: bool) -> str:
+def _cell_md(cell: Cell, row: Row, headline: bool, report: bool = False) -> str:
     text = escape_md(cell.text())
     if cell.is_best and not row.is_floor:
         text = f"**{text}** ★"
     elif row.is_floor and not cell.missing:
         text = f"*{text}*"
     if headline and not row.is_floor and cell.ratio_text():
-        mark = {"worse": " ✗", "better": " ⚠ better than real"}.get(cell.versus or "", "")
+        if report:  # the floor is another subject's caption: beating it is the goal
+            mark = f" {REPORT_VERSUS_MARK[cell.versus]}" if cell.versus in REPORT_VERSUS_MARK else ""
+        else:
+            mark = {"worse": " ✗", "better": " ⚠ better than real"}.get(cell.versus or "", "")
         text += f" · {cell.ratio_text()}{mark}"
     return text
 
@@ -50,11 +53,11 @@ def _gen_md(row: Row) -> str:
 
 
 def _grid_md(table: Table, cols: list[Column], headers: list[str], headline: bool) -> list[str]:
-    lines = ["| " + " | ".join(["Generator", "Role", "N"] + headers) + " |",
+    lines = ["| " + " | ".join([table.model_word.capitalize(), "Role", "N"] + headers) + " |",
              "|" + "|".join([" --- ", " --- ", " ---: "] + [" ---: "] * len(cols)) + "|"]
     for row in table.rows:
         n = table.n if row.is_floor else row.n
-        cells = [_cell_md(row.cells[c.key], row, headline) for c in cols]
+        cells = [_cell_md(row.cells[c.key], row, headline, table.is_report) for c in cols]
         lines.append("| " + " | ".join([_gen_md(row), escape_md(row.role), escape_md(n if n is not None else MISSING)]
                                        + cells) + " |")
     return lines
@@ -108,7 +111,12 @@ def to_markdown(tables: Iterable[Table], *, title: str | None = "BrainGenBench l
         lines += [f"## {escape_md(title)}", ""]
     if not tables:
         lines += ["_No complete runs._", ""]
-    for table in tables:
+    for i, table in enumerate(tables):
+        if table.is_report and not any(t.is_report for t in tables[:i]):
+            lines += ["## Report generation (volume → text)", "",
+                      "Captioners describe real volumes; clinical: are the statements true of the volume, "
+                      "text: is the report worded like its true caption. Floor: another subject's true "
+                      "caption (×r: value / floor; ✓ beats floor, ≈ floor, ✗ worse than floor).", ""]
         lines += _table_md(table, validation)
     if tables:
         lines += ["↑ higher is better · ↓ lower is better · target: real — closest to the floor is best · "

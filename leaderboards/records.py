@@ -18,14 +18,21 @@ from core.record import record_problem
 
 from . import verdicts
 
-from .table import (FLOOR_LABEL, MISSING, PREFERRED_ORDER, SUB_ORDER,  # noqa: F401  (re-exported: the table model)
-                    SUPPORTED_SCHEMA_VERSIONS, VERSUS_TEXT, _FLOOR_RTOL, Cell, Column, Row, Table, canonical_args,
+from .table import (FLOOR_LABEL, MISSING, PREFERRED_ORDER, REPORT_FLOOR_LABEL,  # noqa: F401  (re-exported)
+                    REPORT_TASK, REPORT_VERSUS_MARK, REPORT_VERSUS_TEXT, SUB_ORDER, SUPPORTED_SCHEMA_VERSIONS,
+                    VERSUS_TEXT, _FLOOR_RTOL, Cell, Column, Row, Table, canonical_args,
                     fmt_number, format_args, metric_sort_key, reference_of, to_float)
 
 logger = logging.getLogger(__name__)
 
 class NoRecordsError(FileNotFoundError):
     """Raised when a runs directory holds no usable ``record.json``."""
+
+
+def task_of(record: dict) -> str:
+    """The record's task kind (``text-to-volume`` for records written before tasks were recorded)."""
+    task = record.get("task")
+    return task if isinstance(task, str) and task else "text-to-volume"
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,7 +203,8 @@ def _mark_best(columns: list[Column], rows: list[Row]) -> None:
 
 
 def _floor_row(columns: list[Column], rows: list[Row], records: list[dict], notes: list[str]) -> Row | None:
-    """The real-vs-real row: the mean of the runs' floors per metric, and ONE note when they differ."""
+    """The real-vs-real row: the mean of the runs' floors per metric, and ONE note when they differ
+    (for report tables: the scores of another subject's true caption)."""
     cells: dict[str, Cell] = {}
     differ: list[str] = []
     any_floor = False
@@ -226,7 +234,8 @@ def _floor_row(columns: list[Column], rows: list[Row], records: list[dict], note
             f"the floor row shows their mean ({', '.join(differ[:4])}{', …' if len(differ) > 4 else ''})")
     if not any_floor:
         return None
-    return Row(label=FLOOR_LABEL, kind="floor", cells=cells)
+    label = REPORT_FLOOR_LABEL if task_of(records[0]) == REPORT_TASK else FLOOR_LABEL
+    return Row(label=label, kind="floor", cells=cells)
 
 
 def _table_headline(records: list[dict], columns: list[Column]) -> dict[str, list[str]]:
@@ -316,19 +325,21 @@ def _build_table(records: list[dict]) -> Table:
         headline=headline,
         rank_key=primary,
         comparability=verdicts.comparability(records[0]),
+        task=task_of(records[0]),
     )
 
 
 def table_key(record: dict) -> tuple[str, ...]:
     """Grouping key of a record: the values of :func:`leaderboards.verdicts.comparability` (suite
-    name and version, number of prompts, reference name and content hash, grid)."""
-    return tuple(verdicts.comparability(record).values())
+    name and version, number of prompts, reference name and content hash, grid) and the task kind."""
+    return tuple(verdicts.comparability(record).values()) + (task_of(record),)
 
 
 def _table_order(record: dict) -> tuple:
     suite = record["suite"]
     n = verdicts.n_of(record)
-    return (str(suite.get("name")), str(suite.get("version")), n if n is not None else -1,
+    return (task_of(record) == REPORT_TASK, str(suite.get("name")), str(suite.get("version")),
+            n if n is not None else -1,
             str(reference_of(record).get("name") or "unknown"), str(reference_of(record).get("content_hash") or ""),
             table_key(record))
 
@@ -347,8 +358,11 @@ def build_tables(records: Iterable[dict]) -> list[Table]:
     Args:
         records: Run records as returned by :func:`load_records`.
 
+    Report-generation records (task ``report``: captioners) never share a table with generators;
+    their tables come after every generator table.
+
     Returns:
-        Tables sorted by suite name, version, N, reference name and hash.
+        Tables sorted by suite name, version, N, reference name and hash (report tables last).
     """
     groups: dict[tuple[str, ...], list[dict]] = {}
     for rec in records:

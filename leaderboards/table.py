@@ -15,6 +15,10 @@ SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
 
 #: Label of the real-vs-real row.
 FLOOR_LABEL = "real vs real (floor)"
+#: Label of the floor row of a report-generation table (the true caption of another subject).
+REPORT_FLOOR_LABEL = "another subject's caption (floor)"
+#: The task kind that describes volumes (volume -> text): its tables rank captioners.
+REPORT_TASK = "report"
 
 #: Placeholder shown for a missing, failed or non-finite value.
 MISSING = "—"
@@ -161,6 +165,17 @@ VERSUS_TEXT = {
 }
 
 
+#: The same for report tables, whose floor is the true caption of another subject (not real data):
+#: beating it is the goal, staying at it means the report says nothing specific about the volume.
+REPORT_VERSUS_TEXT = {
+    "at floor": "within the floor (intervals overlap): no better than the true caption of another subject",
+    "worse": "outside the floor, on the worse side: worse than the true caption of another subject",
+    "better": "beats the floor (intervals do not overlap): better than the true caption of another subject",
+}
+#: Plain-text marks after the ``×floor`` figure of a report table.
+REPORT_VERSUS_MARK = {"better": "✓ beats floor", "at floor": "≈ floor", "worse": "✗ worse than floor"}
+
+
 @dataclass
 class Cell:
     """A value with an optional confidence interval and its standing against the floor.
@@ -241,13 +256,16 @@ class Cell:
         real data: suspicious) or ``""``."""
         return {"worse": "✗", "better": "⚠"}.get(self.versus or "", "")
 
-    def versus_title(self) -> str:
-        """Tooltip text for the ``×floor`` figure."""
+    def versus_title(self, report: bool = False) -> str:
+        """Tooltip text for the ``×floor`` figure (``report``: of a report table, whose floor is
+        another subject's true caption)."""
         if self.value is None or self.floor is None:
-            return "no real-vs-real floor recorded"
-        head = (f"{self.ratio_text()} = value / real-vs-real floor ({fmt_number(self.floor)}); ×1 is real data"
+            return "no floor recorded" if report else "no real-vs-real floor recorded"
+        what = ("floor", "the score of another subject's true caption") if report else \
+            ("real-vs-real floor", "real data")
+        head = (f"{self.ratio_text()} = value / {what[0]} ({fmt_number(self.floor)}); ×1 is {what[1]}"
                 if self.ratio is not None else f"floor {fmt_number(self.floor)} (ratio undefined)")
-        why = VERSUS_TEXT.get(self.versus or "")
+        why = (REPORT_VERSUS_TEXT if report else VERSUS_TEXT).get(self.versus or "")
         return f"{head}. {why[0].upper() + why[1:]}." if why else head
 
 
@@ -321,6 +339,7 @@ class Table:
         headline: ``{axis: [metric keys]}`` the table leads with (axes in display order).
         rank_key: Key of the column the rows are ranked on (None: no column with a direction).
         comparability: What every run of the table shares (:func:`leaderboards.verdicts.comparability`).
+        task: The task kind of its runs (``text-to-volume``, ``follow-up`` or ``report``).
     """
 
     suite: str
@@ -337,6 +356,17 @@ class Table:
     headline: dict[str, list[str]] = field(default_factory=dict)
     rank_key: str | None = None
     comparability: dict[str, str] = field(default_factory=dict)
+    task: str = "text-to-volume"
+
+    @property
+    def is_report(self) -> bool:
+        """True for a report-generation table (captioners describing volumes)."""
+        return self.task == REPORT_TASK
+
+    @property
+    def model_word(self) -> str:
+        """What a row evaluates: ``"captioner"`` (report tables) or ``"generator"``."""
+        return "captioner" if self.is_report else "generator"
 
     @property
     def title(self) -> str:
