@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
-    p = sub.add_parser("prompts", help="export a suite's prompts as CSV (for the folder adapter)")
+    p = sub.add_parser("prompts", help="export a suite's prompts as CSV (for the folder adapter); for a report "
+                                       "suite, the volumes to describe (subject_id, image)")
     p.add_argument("--suite", required=True)
     p.add_argument("--reference", default=None,
                    help="reference cohort: a registered name or a prepared cohort folder (default: the suite's)")
@@ -322,8 +323,10 @@ def format_results(rec: dict) -> str:
 
     lines = [head, ""]
     hl = verdicts.headline(rec)
+    report = rec.get("task") == "report"  # the floor is another subject's caption: beating it is the goal
+    floor_col = "other subject" if report else "real-vs-real"
     if hl:
-        rows = [("axis", "headline metric", "value", "95% CI", "real-vs-real", "x floor", "vs real")]
+        rows = [("axis", "headline metric", "value", "95% CI", floor_col, "x floor", "vs floor" if report else "vs real")]
         for axis, keys in hl.items():
             for key in keys:
                 m = rec["metrics"][key]
@@ -333,11 +336,16 @@ def format_results(rec: dict) -> str:
                              f(m.get("floor")) + (f" {ci(*fci)}" if fci else ""),
                              "—" if ratio is None else f"x{ratio:.3g}", verdicts.versus_floor(m) or "—"))
         lines += _table(rows)
-        passed, why = verdicts.memorisation_gate(rec)
-        lines += ["", "memorisation gate: " + {True: "passed", False: "FAILED", None: "not measured"}[passed]
-                  + f" ({why})", "x floor = value / real-vs-real value (1 = real data); 'vs real': the run's interval "
-                  "against the floor's (worse / at floor / better)", "", "all metrics:"]
-    rows = [("metric", "value", "95% CI", "real-vs-real", "n", "better")]
+        if report:
+            lines += ["", "floor = the true caption of another subject of the same modality (ceiling: the volume's own "
+                      "caption); 'vs floor': the run's interval against the floor's (better = beats it)", "",
+                      "all metrics:"]
+        else:
+            passed, why = verdicts.memorisation_gate(rec)
+            lines += ["", "memorisation gate: " + {True: "passed", False: "FAILED", None: "not measured"}[passed]
+                      + f" ({why})", "x floor = value / real-vs-real value (1 = real data); 'vs real': the run's "
+                      "interval against the floor's (worse / at floor / better)", "", "all metrics:"]
+    rows = [("metric", "value", "95% CI", floor_col, "n", "better")]
     for k, m in rec["metrics"].items():
         rows.append((k, f(m.get("value")), ci(m.get("ci_low"), m.get("ci_high")), f(m.get("floor")),
                      str(m.get("n", "")), better(m)))
@@ -420,6 +428,8 @@ def _cmd_prompts(args) -> int:
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1 (the number of prompts), got {args.limit}")
     suite = load_suite(args.suite)
+    if suite.task == "report":
+        return _report_volumes(args, suite)
     if suite.task != "text-to-volume":
         raise ValueError(f"suite {suite.name!r} is a {suite.task} suite: its prompts depend on the generator's own "
                          "previous volumes, so they cannot be exported for the folder adapter; run a follow-up "
@@ -434,6 +444,29 @@ def _cmd_prompts(args) -> int:
         w.writerow(["index", "subject_id", "prompt"])
         for i, s in enumerate(subjects):
             w.writerow([i, s.subject_id, s.caption])
+    finally:
+        if args.out:
+            fh.close()
+    return 0
+
+
+def _report_volumes(args, suite) -> int:
+    """A report suite's volumes to describe: ``index,subject_id,image`` (the NIfTI file on the suite grid)."""
+    import csv
+
+    from bench.report import report_set
+    from bench.runner import resolve_cohort
+
+    reference_args = suite.reference_args if args.reference is None else {}
+    cohort = resolve_cohort(args.reference or suite.reference, suite.grid, reference_args, args.quiet)
+    n = suite.n_prompts if args.limit is None else min(args.limit, suite.n_prompts)
+    subjects = report_set(cohort, n, suite.seed, suite.floor_split).reference
+    fh = open(args.out, "w", newline="") if args.out else sys.stdout
+    try:
+        w = csv.writer(fh)
+        w.writerow(["index", "subject_id", "image"])
+        for i, s in enumerate(subjects):
+            w.writerow([i, s.subject_id, str(Path(s.image).resolve())])
     finally:
         if args.out:
             fh.close()

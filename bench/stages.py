@@ -147,8 +147,7 @@ class Setup(Stage):
         state.run_dir = Path(cfg.out) / state.run_id
         if state.run_dir.exists() and not cfg.resume:
             shutil.rmtree(state.run_dir)
-        for sub in ("samples", "metrics"):
-            (state.run_dir / sub).mkdir(parents=True, exist_ok=True)
+        (state.run_dir / "metrics").mkdir(parents=True, exist_ok=True)  # produce stages make their own folders
         state.executor = make_executor(cfg.executor, ray_address=cfg.ray_address, quiet=cfg.quiet)
         log.info("run %s -> %s", state.run_id, state.run_dir)
 

@@ -1,7 +1,8 @@
 """Report metrics: clinical accuracy and text similarity of reports, and round-trip conformance.
 
 ``report_clinical`` (task ``report``, axis ``clinical``): each statement of the volume's true caption
-checked in the report (:mod:`metrics.functional.reports`): ``accuracy`` (correct / true statements),
+checked in the report (:mod:`metrics.functional.reports`; a number is right within a quarter of the
+attribute's interquartile range over the training subjects, ``tolerance=``): ``accuracy`` (correct / true statements),
 ``hallucination`` (wrong / stated), ``missing``, ``modality_accuracy``, ``sex_accuracy``, ``age_mae``,
 ``band_agreement`` (the percentile band — below the 25th, 25th-75th, above the 75th — of every
 structure), ``<structure>_mae``, ``lesion_count_mae`` and ``lesion_volume_mae``.
@@ -31,12 +32,21 @@ from scipy.stats import spearmanr
 from metrics.base import EvalSets, Input, Metric, MetricResult
 from metrics.conformance import RESAMPLING, score_mean
 from metrics.functional.bootstrap import BC, bootstrap_ci
-from metrics.functional.reports import (band_agreement, band_limits, errors, flat_values, report_scores,
+from metrics.functional.reports import (IQR_FRACTION, band_agreement, band_limits, errors, flat_values, report_scores,
                                         statement_table, statements, tolerances)
 
 __all__ = ["ReportClinical", "ReportText", "RoundTrip", "clinical_results", "per_report_accuracy"]
 
-_TOLERANCE = "half the training subjects' interquartile range of the attribute (lesion count >= 1, volume >= 0.5 mL)"
+def _rule(fraction: float) -> str:
+    return (f"{fraction:g} x the training subjects' interquartile range of the attribute "
+            "(lesion count >= 1, lesion volume >= 0.5 mL)")
+
+
+def _fraction(tolerance: float) -> float:
+    t = float(tolerance)
+    if not 0 < t <= 2:
+        raise ValueError(f"tolerance is a fraction of the interquartile range in (0, 2], got {tolerance}")
+    return t
 
 
 def _need(sets: EvalSets, who: str) -> list[dict]:
@@ -46,21 +56,24 @@ def _need(sets: EvalSets, who: str) -> list[dict]:
     return sets.train_attributes
 
 
-def per_report_accuracy(stated: list[dict], truth: list[dict], train_attributes: list[dict]) -> np.ndarray:
+def per_report_accuracy(stated: list[dict], truth: list[dict], train_attributes: list[dict], *,
+                        fraction: float = IQR_FRACTION) -> np.ndarray:
     """The clinical accuracy (correct / true statements) of each report."""
-    tol = tolerances(train_attributes)
+    tol = tolerances(train_attributes, fraction=fraction)
     return np.array([report_scores(statements(s, t, tol))["accuracy"] for s, t in zip(stated, truth)])
 
 
 def clinical_results(stated: list[dict], truth: list[dict], floor_stated: list[dict], train_attributes: list[dict],
-                     *, n_boot: int, seed: int, details: dict | None = None) -> dict[str, MetricResult]:
+                     *, n_boot: int, seed: int, fraction: float = IQR_FRACTION,
+                     details: dict | None = None) -> dict[str, MetricResult]:
     """The ``report_clinical`` sub-results of ``stated`` (parsed reports) against ``truth``, with
-    ``floor_stated`` scored the same way as the floor."""
+    ``floor_stated`` scored the same way as the floor; a number is right within ``fraction`` of the
+    attribute's interquartile range over ``train_attributes``."""
     if not (len(stated) == len(truth) == len(floor_stated)):
         raise ValueError(f"{len(stated)} reports, {len(truth)} truths and {len(floor_stated)} floor reports; "
                          "they must be paired")
-    tol, limits = tolerances(train_attributes), band_limits(train_attributes)
-    common = {"tolerances": tol, "tolerance_rule": _TOLERANCE, **(details or {})}
+    tol, limits = tolerances(train_attributes, fraction=fraction), band_limits(train_attributes)
+    common = {"tolerances": tol, "tolerance_rule": _rule(fraction), **(details or {})}
     best = lambda hib: {"ceiling": 1.0 if hib else 0.0}  # noqa: E731 - the value of a perfect report
     out_g = [statements(s, t, tol) for s, t in zip(stated, truth)]
     out_f = [statements(s, t, tol) for s, t in zip(floor_stated, truth)]
@@ -106,6 +119,8 @@ class ReportClinical(Metric):
     """Report statements checked against the volume's true caption (see the module docstring).
 
     Args:
+        tolerance: a number is right within this fraction of the attribute's interquartile range over
+            the training subjects.
         n_boot: bootstrap resamples for the CIs.
     """
 
@@ -115,11 +130,11 @@ class ReportClinical(Metric):
     inputs = frozenset({Input.REPORTS, Input.TRAIN})
     description = "clinical accuracy of reports: statements correct / wrong (hallucinated) / missing"
 
-    def __init__(self, *, n_boot: int = 1000):
-        self.n_boot = int(n_boot)
+    def __init__(self, *, tolerance: float = IQR_FRACTION, n_boot: int = 1000):
+        self.tolerance, self.n_boot = _fraction(tolerance), int(n_boot)
 
     def config(self) -> dict:
-        return {"n_boot": self.n_boot, "tolerance": _TOLERANCE, "ci": f"{BC}; volumes resampled (paired), 95%",
+        return {"n_boot": self.n_boot, "tolerance": _rule(self.tolerance), "ci": f"{BC}; volumes resampled (paired), 95%",
                 "floor": "the true caption of another subject of the same modality", "ceiling": "the volume's own caption (1.0)"}
 
     def compute(self, sets: EvalSets, *, seed: int) -> dict[str, MetricResult]:
@@ -127,7 +142,7 @@ class ReportClinical(Metric):
             raise ValueError("report_clinical needs a report run's sets.report_attributes and sets.floor_attributes "
                              "(Input.REPORTS)")
         return clinical_results(sets.report_attributes, sets.attributes, sets.floor_attributes,
-                                _need(sets, self.name), n_boot=self.n_boot, seed=seed)
+                                _need(sets, self.name), n_boot=self.n_boot, seed=seed, fraction=self.tolerance)
 
 
 class ReportText(Metric):
@@ -135,6 +150,7 @@ class ReportText(Metric):
 
     Args:
         embedding: also score the cosine of sentence embeddings (``sets.embed_text``, MiniLM).
+        tolerance: the clinical accuracy's tolerance (for ``clinical_spearman``), as in ``report_clinical``.
         n_boot: bootstrap resamples for the CIs.
     """
 
@@ -144,8 +160,8 @@ class ReportText(Metric):
     inputs = frozenset({Input.REPORTS, Input.TRAIN, Input.TEXT_ENCODER})
     description = "text similarity of reports to the true caption: BLEU-1/4, chrF, ROUGE-L, embedding cosine"
 
-    def __init__(self, *, embedding: bool = True, n_boot: int = 1000):
-        self.embedding, self.n_boot = bool(embedding), int(n_boot)
+    def __init__(self, *, embedding: bool = True, tolerance: float = IQR_FRACTION, n_boot: int = 1000):
+        self.embedding, self.tolerance, self.n_boot = bool(embedding), _fraction(tolerance), int(n_boot)
 
     def config(self) -> dict:
         import rouge_score  # noqa: F401 - its version is recorded below
@@ -178,8 +194,8 @@ class ReportText(Metric):
             raise ValueError("report_text needs a report run's sets.reports, sets.captions and sets.floor_captions")
         hyp, ref, flo = sets.reports, sets.captions, sets.floor_captions
         train = _need(sets, self.name)
-        acc = np.concatenate([per_report_accuracy(sets.report_attributes, sets.attributes, train),
-                              per_report_accuracy(sets.floor_attributes, sets.attributes, train)])
+        acc = np.concatenate([per_report_accuracy(sets.report_attributes, sets.attributes, train, fraction=self.tolerance),
+                              per_report_accuracy(sets.floor_attributes, sets.attributes, train, fraction=self.tolerance)])
 
         def agreement(per_report: np.ndarray) -> dict:  # per-report text score vs clinical accuracy
             ok = np.isfinite(per_report) & np.isfinite(acc)
@@ -209,6 +225,7 @@ class RoundTrip(Metric):
 
     Args:
         captioner: registered captioner that describes the volumes (``ls captioners``).
+        tolerance: as in ``report_clinical``.
         n_boot: bootstrap resamples for the CIs.
     """
 
@@ -218,14 +235,14 @@ class RoundTrip(Metric):
     inputs = frozenset({Input.DESCRIBE, Input.TRAIN, Input.PAIRED_REFERENCE})
     description = "round trip text -> volume -> report -> attributes, against the prompt"
 
-    def __init__(self, *, captioner: str = "measure-and-describe", n_boot: int = 1000):
-        self.captioner, self.n_boot = str(captioner), int(n_boot)
+    def __init__(self, *, captioner: str = "measure-and-describe", tolerance: float = IQR_FRACTION, n_boot: int = 1000):
+        self.captioner, self.tolerance, self.n_boot = str(captioner), _fraction(tolerance), int(n_boot)
 
     def captioners(self) -> list[str]:
         return [self.captioner]
 
     def config(self) -> dict:
-        return {"captioner": self.captioner, "n_boot": self.n_boot, "tolerance": _TOLERANCE,
+        return {"captioner": self.captioner, "n_boot": self.n_boot, "tolerance": _rule(self.tolerance),
                 "floor": "the same round trip through the caption-matched real volume (a perfect generator's value)",
                 "ci": f"{BC}; prompts resampled (paired), 95%"}
 
@@ -235,7 +252,7 @@ class RoundTrip(Metric):
         texts, gen = sets.describe(self.captioner, "generated")
         _, real = sets.describe(self.captioner, "reference")
         out = clinical_results(gen, sets.attributes, real, _need(sets, self.name), n_boot=self.n_boot, seed=seed,
-                               details={"captioner": self.captioner})
+                               fraction=self.tolerance, details={"captioner": self.captioner})
         if "accuracy" in out:
             out["accuracy"].details["reports"] = list(texts)
         return out

@@ -88,11 +88,13 @@ def _train_attributes(rng: np.random.Generator, n: int = 200) -> list[dict]:
     return out
 
 
-def test_tolerance_is_half_the_interquartile_range():
-    train = [{"age": a, "volumes": {"gm": g}} for a, g in zip(range(1, 101), range(101, 201))]
-    tol = tolerances(train)
-    assert tol["age"] == pytest.approx(0.5 * (np.percentile(range(1, 101), 75) - np.percentile(range(1, 101), 25)))
-    assert tol["gm"] == pytest.approx(24.75)
+def test_tolerance_is_a_quarter_of_the_interquartile_range():
+    ages, gm = np.arange(1, 101), np.arange(101, 201)
+    train = [{"age": float(a), "volumes": {"gm": float(g)}} for a, g in zip(ages, gm)]
+    iqr = np.percentile(ages, 75) - np.percentile(ages, 25)  # 49.5
+    assert tolerances(train)["age"] == pytest.approx(0.25 * iqr)
+    assert tolerances(train, fraction=0.5)["gm"] == pytest.approx(0.5 * iqr)
+    assert tolerances([{"lesions": {"count": 3.0}}] * 5)["lesion_count"] == 1.0  # at least one lesion
     lim = band_limits(train)["gm"]
     assert band(120, lim) == "low" and band(150, lim) == "normal" and band(190, lim) == "high"
 
