@@ -202,6 +202,15 @@ def test_folder_captioner_scores_reports_written_elsewhere(records, suite_file, 
                       out=tmp_path / "runs", quiet=True))
 
 
+def test_prompts_lists_a_report_suites_volumes_with_their_image_files(records, suite_file, cohort):
+    out = subprocess.run([sys.executable, "-m", "bench", "--quiet", "prompts", "--suite", str(suite_file), "--limit", "3"],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0] == "index,subject_id,image" and len(out) == 4
+    ids = [r["subject_id"] for r in records["measure-and-describe"]["reports"][:3]]
+    assert [line.split(",")[1] for line in out[1:]] == ids  # the volumes a report run describes, in order
+    assert all(Path(line.split(",")[2]).is_file() for line in out[1:])
+
+
 def test_cli_lists_captioners_and_asks_for_one():
     out = subprocess.run([sys.executable, "-m", "bench", "ls", "captioners"], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout
