@@ -17,43 +17,30 @@ The reports are read by volume id from the cohort (``describe_ids``), like the `
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
 import numpy as np
 
 from captioners.base import CaptionerContext
 from cohorts.captions import MODALITY_WORDS, REGIONAL, TISSUE, make_caption, pathology_phrase
 from cohorts.subject import STRUCTURES, Subject
+from core.ladder import Corruption, check_corruption
 
-__all__ = ["REPORT_CORRUPTIONS", "CorruptReport", "ReportCorruption", "check_report_kind", "corrupt_caption"]
-
-
-@dataclass(frozen=True)
-class ReportCorruption:
-    kind: str
-    levels: tuple[float, float, float]
-    unit: str
-    description: str
+__all__ = ["REPORT_CORRUPTIONS", "CorruptReport", "check_report_kind", "corrupt_caption"]
 
 
-REPORT_CORRUPTIONS: dict[str, ReportCorruption] = {c.kind: c for c in (
-    ReportCorruption("values", (0.1, 0.2, 0.4), "relative error of every number",
+REPORT_CORRUPTIONS: dict[str, Corruption] = {c.kind: c for c in (
+    Corruption("values", (0.1, 0.2, 0.4), "relative error of every number",
                      "the true caption's words with every number wrong"),
-    ReportCorruption("wording", (1 / 3, 2 / 3, 1.0), "share of volume statements reworded",
+    Corruption("wording", (1 / 3, 2 / 3, 1.0), "share of volume statements reworded",
                      "the true values in other words"),
-    ReportCorruption("omit", (1 / 3, 2 / 3, 1.0), "share of volume statements left out",
+    Corruption("omit", (1 / 3, 2 / 3, 1.0), "share of volume statements left out",
                      "the true caption with volume statements missing"),
 )}
 
 
 def check_report_kind(kind: str) -> str:
     """``kind`` when it names a report corruption, else an error with a suggestion."""
-    if kind not in REPORT_CORRUPTIONS:
-        from core.names import did_you_mean
-
-        hint = did_you_mean(kind, sorted(REPORT_CORRUPTIONS), 1, otherwise=f"; choose from {', '.join(REPORT_CORRUPTIONS)}")
-        raise ValueError(f"unknown report corruption {kind!r}{hint}")
-    return kind
+    return check_corruption(kind, REPORT_CORRUPTIONS, "report corruption")
 
 
 def _volume_keys(subject: Subject) -> list[str]:

@@ -24,22 +24,14 @@ severity. Every corruption keeps intensities in [0, 1].
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
+from core.ladder import Corruption, check_corruption
 from generators.base import GenerationOutput, GeneratorContext, Prompt, seed_for
 
 __all__ = ["CORRUPTIONS", "Corruption", "CorruptGenerator", "apply_corruption", "check_kind"]
-
-
-@dataclass(frozen=True)
-class Corruption:
-    kind: str
-    levels: tuple[float, float, float]
-    unit: str
-    description: str
 
 
 CORRUPTIONS: dict[str, Corruption] = {c.kind: c for c in (
@@ -60,12 +52,7 @@ CORRUPTIONS: dict[str, Corruption] = {c.kind: c for c in (
 
 def check_kind(kind: str) -> str:
     """``kind`` when it names a corruption, else an error with a suggestion."""
-    if kind not in CORRUPTIONS:
-        from core.names import did_you_mean
-
-        hint = did_you_mean(kind, sorted(CORRUPTIONS), 1, otherwise=f"; choose from {', '.join(CORRUPTIONS)}")
-        raise ValueError(f"unknown corruption {kind!r}{hint}")
-    return kind
+    return check_corruption(kind, CORRUPTIONS)
 
 
 def _smooth_field(shape, rng: np.random.Generator, sigma: float) -> np.ndarray:
