@@ -11,6 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
+from bench import reader_study
+
 log = logging.getLogger("braingenbench")
 
 
@@ -148,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="CSV path (default: stdout)")
     p.add_argument("--limit", type=int, default=None, help="only the first N prompts")
 
+    reader_study.add_parser(sub)
     _accept_anywhere(sub, "--quiet", "--verbose")
     args = parser.parse_args(argv)
     from bench.console import setup_logging
@@ -182,6 +185,8 @@ def _accept_anywhere(sub, *flags: str) -> None:
 
 
 def _dispatch(args) -> int:
+    if args.command == "reader-study":
+        return reader_study.main(args)
     if args.command == "run":
         return _cmd_run(args)
     if args.command == "ls":
