@@ -141,7 +141,7 @@ def _nifti(path: Path) -> np.ndarray | None:
 
 def mid_slices(vol: np.ndarray) -> list[np.ndarray]:
     """Axial, coronal and sagittal mid slices of a RAS+ (x, y, z) volume, oriented for display
-    (superior / anterior up, subject's left on the right as in radiological view)."""
+    (superior / anterior up, the subject's right on the image's right: the neurological convention)."""
     x, y, z = (s // 2 for s in vol.shape)
     axial = np.rot90(vol[:, :, z])       # rows: anterior -> posterior
     coronal = np.rot90(vol[:, y, :])     # rows: superior -> inferior
