@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="reuse finished runs (default) or start over")
 
     p = sub.add_parser("ls", help="list registered generators, metrics, extractors, cohorts or suites")
-    p.add_argument("what", choices=["generators", "captioners", "metrics", "extractors", "cohorts", "suites"])
+    p.add_argument("what", choices=["generators", "captioners", "metrics", "extractors", "cohorts", "suites",
+                                     "protocols"])
 
     p = sub.add_parser("leaderboard", help="build the static leaderboard site from run records")
     p.add_argument("runs_dir", type=Path)
@@ -400,6 +401,8 @@ def _cmd_ls(what: str) -> int:
         alias = f" (aliases: {', '.join(e.aliases)})" if e.aliases else ""
         src = "" if e.source == "builtin" else f" [{e.source}]"
         print(f"{e.name:<22} {e.description}{alias}{src}")
+        if what == "protocols":  # the card: extractor, weights file and sha256, preprocessing, source
+            print(f"{'':<22} {e.load().summary()}")
     return 0
 
 

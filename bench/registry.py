@@ -11,13 +11,15 @@ from __future__ import annotations
 from cohorts.registry import cohorts
 from core.registry import Registry, UnknownNameError
 
-__all__ = ["Registry", "UnknownNameError", "captioners", "cohorts", "extractors", "generators", "metrics", "suites"]
+__all__ = ["Registry", "UnknownNameError", "captioners", "cohorts", "extractors", "generators", "metrics", "protocols",
+           "suites"]
 
 generators: Registry = Registry("generator", "braingenbench.generators")
 extractors: Registry = Registry("extractor", "braingenbench.extractors")
 metrics: Registry = Registry("metric", "braingenbench.metrics")
 suites: Registry = Registry("suite")
 captioners: Registry = Registry("captioner", "braingenbench.captioners")
+protocols: Registry = Registry("protocol")
 
 # Built-in entries are lazy so that `python -m bench ls` stays fast and imports nothing heavy.
 generators.register("retrieval", "generators.retrieval:RetrievalGenerator",
@@ -109,3 +111,26 @@ metrics.register("report_text", "metrics.reports:ReportText", aliases=("text",),
                  description="report task: BLEU-1/4, ROUGE-L, chrF, embedding cosine against the true caption")
 metrics.register("roundtrip", "metrics.reports:RoundTrip", aliases=("round-trip",),
                  description="text -> volume -> report -> attributes vs the prompt (a captioner describes the samples)")
+
+# Published evaluation protocols (bench/protocol_cards/*.yaml, docs/protocols.md), each run as suite protocol-<name>,
+# and the extractors and metrics they fix.
+extractors.register("hagan-medicalnet-r50", "metrics.features.protocol_medicalnet:HaganMedicalNet50",
+                    description="HA-GAN's FID features: MedicalNet resnet_50.pth, inputs in [-1, 1], 2048-d")
+extractors.register("medmetric-medicalnet-r50", "metrics.features.protocol_medicalnet:MedmetricMedicalNet50",
+                    description="medmetric's features: MedicalNet resnet_50_23dataset.pth, z-score, 2048-d")
+extractors.register("maisi-radimagenet-2.5d", "metrics.features.slices25d:MaisiRadImageNet25D",
+                    description="MAISI 2.5D: RadImageNet ResNet-50 on the centre 40 % of slices of 3 planes at 1 mm")
+extractors.register("vlm3d-squeezenet-2.5d", "metrics.features.slices25d:Vlm3dSqueezeNet25D",
+                    description="VLM3D 2.5D: SqueezeNet1_1 (ImageNet) on every 4th slice of 3 planes")
+metrics.register("vlm3d_paired", "metrics.protocols:Vlm3dPaired", aliases=("vlm3d-paired",),
+                 description="VLM3D 2026 MRI scorer: percentile-scaled paired MSE / PSNR / SSIM")
+metrics.register("fid_2p5d", "metrics.protocols:Fid2p5d", aliases=("fid-2.5d", "fid2.5d"),
+                 description="2.5D FID: per-plane Fréchet distance of 2D slice features, averaged over 3 planes")
+protocols.register("hagan-fid", "bench.protocols:HAGAN_FID",
+                   description="HA-GAN / WDM-3D / 3D-MedDiffusion FID: MedicalNet resnet_50.pth, [-1, 1], 2048-d")
+protocols.register("medmetric", "bench.protocols:MEDMETRIC",
+                   description="medmetric 0.1.1: MedicalNet resnet_50_23dataset.pth, z-score, MMD, MS-SSIM k=3")
+protocols.register("maisi-2.5d", "bench.protocols:MAISI_25D",
+                   description="MAISI 2.5D FID: RadImageNet ResNet-50, 3 planes, centre 40 %, 1 mm")
+protocols.register("vlm3d-mri", "bench.protocols:VLM3D_MRI",
+                   description="VLM3D 2026 MRI: percentile scaling, paired MSE/PSNR/SSIM, SqueezeNet FID-2.5D, mean rank")

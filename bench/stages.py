@@ -33,6 +33,7 @@ from bench.executors import Executor, make_executor
 from bench.memory import apply_heap_policy, release_free_memory
 from core.progress import Progress
 from bench.prompts import PromptSet, own_prompt_set, suite_prompt_set
+from bench.protocols import missing_weights_skips
 from bench.records import SCHEMA_VERSION, environment, validate_record
 from bench.suite import Suite
 from bench.workers import (ExtractorPool, FeatureShardTask, GenerateShardTask, GeneratorSpec, PoolSpec,
@@ -276,6 +277,8 @@ class EvaluationData(Stage):
                 if Input.PAIRED_REFERENCE in _inputs(m):
                     state.skipped[spec.key] = ("needs each prompt's own real volume; the prompts are the "
                                                "generator's own, not the suite's")
+        for key, why in missing_weights_skips(state.metrics, cfg.extractor_args).items():
+            state.skipped.setdefault(key, why)  # weight-free metrics still run; one warning per missing file
         train = cohort.split("train") if Input.TRAIN in inputs else None
         brain_mask = cohort.brain_mask()
         state.pool = ExtractorPool(state.device, cfg.extractor_args, FeatureCache(), suite.grid, brain_mask)
