@@ -222,3 +222,33 @@ def test_fid_2p5d_cuts_the_features_back_into_per_plane_slice_sets():
     assert planes["XY"][0, 0] == 0 and planes["XZ"][0, 0] == 3 * 512 and planes["XY"][3, 0] == 10 * 512
     with pytest.raises(ValueError, match="use the protocol's extractor"):
         split_slice_features(feats[:, :-1], "vlm3d", (13, 10, 9), 3.0)
+
+
+def test_protocol_run_with_unverified_random_weights_computes_the_2p5d_fid(cohort, tmp_path):
+    from bench.cli import main
+
+    weights = _random_file("vlm3d-mri", tmp_path)
+    base = suite_path("protocol-vlm3d-mri").resolve()
+    suite = tmp_path / "vlm3d-tiny.yaml"
+    suite.write_text(f"include: {base}\nname: vlm3d-tiny\nreference: {{name: phantom, args: {{n_subjects: 80, seed: 0}}}}\n"
+                     "n_prompts: 4\n")
+    rc = main(["--quiet", "run", "--generator", "template", "--suite", str(suite), "--out", str(tmp_path / "runs"),
+               "--device", "cpu", "--extractor-args", f"weights={weights},verify=false"])
+    assert rc == 0
+    record = json.loads(next((tmp_path / "runs").glob("*/record.json")).read_text())
+    assert not record["skipped_metrics"] and record["status"] == "complete"
+    fp = record["extractors"]["vlm3d-squeezenet-2.5d"]
+    assert fp["weights"] == "squeezenet1_1-b8a52dc0.pth" and fp["weights_status"] == "unverified"
+    planes = [record["metrics"][f"fid_2p5d-vlm3d-squeezenet-2.5d/{p}"] for p in ("XY", "XZ", "YZ")]
+    avg = record["metrics"]["fid_2p5d-vlm3d-squeezenet-2.5d/avg"]["value"]
+    assert all(np.isfinite(p["value"]) for p in planes) and abs(avg - np.mean([p["value"] for p in planes])) < 1e-9
+    # 3 mm grid (48, 64, 56): every 4th slice -> 14 (XY) + 16 (XZ) + 12 (YZ) slices per volume, 4 volumes
+    assert [p["n"] for p in planes] == [4 * 14, 4 * 16, 4 * 12]
+
+
+def test_hagan_extractor_maps_volumes_to_minus_one_one_without_normalisation(tmp_path):
+    cls = registry.extractors.get("hagan-medicalnet-r50")
+    ext = cls(weights=str(_random_file("hagan-fid", tmp_path)), verify=False)
+    x = torch.tensor([0.0, 0.25, 1.0])
+    assert torch.equal(ext.preprocess(x), torch.tensor([-1.0, -0.5, 1.0]))
+    assert ext(np.full((1, 1, 16, 16, 16), 0.5, np.float32), 3.0).shape == (1, 2048)
