@@ -119,7 +119,10 @@ def missing_weights_skips(metrics, extractor_args: dict) -> dict[str, str]:
         for name in metric.extractors():
             canonical = registry.extractors.canonical(name)
             if canonical not in status:
-                check = getattr(registry.extractors.get(name), "missing_weights", None)
+                try:
+                    check = getattr(registry.extractors.get(name), "missing_weights", None)
+                except Exception:  # noqa: BLE001 - an extractor that cannot even be imported fails in its metric,
+                    check = None   # recorded there as before, not here for the whole run
                 status[canonical] = check(**extractor_args) if check is not None else None
                 if status[canonical]:
                     log.warning("%s; metrics using %s are skipped", status[canonical], canonical)

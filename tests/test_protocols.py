@@ -252,3 +252,31 @@ def test_hagan_extractor_maps_volumes_to_minus_one_one_without_normalisation(tmp
     x = torch.tensor([0.0, 0.25, 1.0])
     assert torch.equal(ext.preprocess(x), torch.tensor([-1.0, -0.5, 1.0]))
     assert ext(np.full((1, 1, 16, 16, 16), 0.5, np.float32), 3.0).shape == (1, 2048)
+
+
+def test_missing_weights_skips_only_the_metrics_of_extractors_without_their_file(monkeypatch, tmp_path):
+    from bench.protocols import missing_weights_skips
+
+    class _Metric:
+        def __init__(self, extractor):
+            self.extractor = extractor
+
+        def extractors(self):
+            return [self.extractor]
+
+    class _Spec:
+        def __init__(self, key):
+            self.key = key
+
+    monkeypatch.setenv("BRAINGENBENCH_WEIGHTS", str(tmp_path))
+    real_get = registry.extractors.get
+
+    def get(name):  # an extractor that cannot be imported is left to fail in its metric, as before
+        if registry.extractors.canonical(name) == "hdbet":
+            raise ImportError("hd-bet is not installed")
+        return real_get(name)
+
+    monkeypatch.setattr(registry.extractors, "get", get)
+    metrics = [(_Spec(k), _Metric(e)) for k, e in (("fid-a", "hagan-medicalnet-r50"), ("mmd-a", "hagan-medicalnet-r50"),
+                                                   ("fid-b", "random3d"), ("fid-c", "hdbet"))]
+    assert sorted(missing_weights_skips(metrics, {})) == ["fid-a", "mmd-a"]
