@@ -126,6 +126,8 @@ metrics.register("vlm3d_paired", "metrics.protocols:Vlm3dPaired", aliases=("vlm3
                  description="VLM3D 2026 MRI scorer: percentile-scaled paired MSE / PSNR / SSIM")
 metrics.register("fid_2p5d", "metrics.protocols:Fid2p5d", aliases=("fid-2.5d", "fid2.5d"),
                  description="2.5D FID: per-plane Fréchet distance of 2D slice features, averaged over 3 planes")
+metrics.register("mmd_medmetric", "metrics.protocols:MedmetricMMD", aliases=("mmd-medmetric",),
+                 description="medmetric 0.1.1 MMD: unbiased, Gaussian sigma bank around the pooled median distance")
 protocols.register("hagan-fid", "bench.protocols:HAGAN_FID",
                    description="HA-GAN / WDM-3D / 3D-MedDiffusion FID: MedicalNet resnet_50.pth, [-1, 1], 2048-d")
 protocols.register("medmetric", "bench.protocols:MEDMETRIC",

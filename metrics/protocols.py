@@ -7,6 +7,8 @@
   (``vlm3d-squeezenet-2.5d`` or ``maisi-radimagenet-2.5d``; every slice one sample) and their average over
   the planes (VLM3D: ``FID_2p5D_Avg``; MAISI: "average FID"). Fréchet distance of the mean and ddof-1
   covariance, as both scripts compute it.
+* :class:`MedmetricMMD` (``mmd_medmetric``): medmetric 0.1.1's default MMD
+  (:func:`metrics.functional.protocols.medmetric_mmd`) of generated vs reference features.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import numpy as np
 from metrics.base import EvalSets, FeatureMetric, Input, Metric, MetricResult, get_features
 from metrics.functional.bootstrap import mean_ci
 from metrics.functional.frechet import frechet_distance_from_features
-from metrics.functional.protocols import SLICE_PROTOCOLS, slice_layout, vlm3d_paired
+from metrics.functional.protocols import MEDMETRIC_SIGMA_RATIOS, SLICE_PROTOCOLS, medmetric_mmd, slice_layout, vlm3d_paired
 
-__all__ = ["Vlm3dPaired", "Fid2p5d", "split_slice_features"]
+__all__ = ["Vlm3dPaired", "Fid2p5d", "MedmetricMMD", "split_slice_features"]
 
 
 def _paired_rows(generated: np.ndarray, reference: np.ndarray, floor: np.ndarray) -> dict[str, np.ndarray]:
@@ -119,3 +121,28 @@ class Fid2p5d(FeatureMetric):
         return out
 
 
+
+
+class MedmetricMMD(FeatureMetric):
+    """medmetric's default MMD (sigma bank around the pooled lower-median distance, unbiased, sqrt) (lower).
+
+    Args:
+        extractor: the feature extractor (the protocol uses ``medmetric-medicalnet-r50``).
+    """
+
+    name = "mmd_medmetric"
+    higher_is_better = False
+    description = "medmetric 0.1.1 MMD: unbiased, Gaussian sigma bank x(1/8..8) around the pooled median distance"
+
+    def __init__(self, *, extractor: str = "medmetric-medicalnet-r50"):
+        self.extractor = str(extractor)
+
+    def config(self) -> dict:
+        return {"extractor": self.extractor, "sigma0": "lower median of pooled [generated; reference] distances",
+                "sigma_ratios": list(MEDMETRIC_SIGMA_RATIOS), "estimator": "unbiased MMD^2, clamped at 0, sqrt",
+                "protocol": "medmetric"}
+
+    def compute(self, sets: EvalSets, *, seed: int) -> MetricResult:
+        g, r, f, _ = self.feature_sets(sets, "generated", "reference", "floor")
+        return MetricResult(value=medmetric_mmd(g, r), higher_is_better=False, n=int(g.shape[0]),
+                            floor=medmetric_mmd(f, r), details=self.config())

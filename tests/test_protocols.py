@@ -280,3 +280,23 @@ def test_missing_weights_skips_only_the_metrics_of_extractors_without_their_file
     metrics = [(_Spec(k), _Metric(e)) for k, e in (("fid-a", "hagan-medicalnet-r50"), ("mmd-a", "hagan-medicalnet-r50"),
                                                    ("fid-b", "random3d"), ("fid-c", "hdbet"))]
     assert sorted(missing_weights_skips(metrics, {})) == ["fid-a", "mmd-a"]
+
+
+def test_medmetric_mmd_equals_its_definition_in_torch():
+    from metrics.functional.protocols import medmetric_mmd
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(7, 5)), rng.normal(1.0, 1.0, size=(6, 5))  # 13 items: an even count of 78 distances
+    xt, yt = torch.tensor(x), torch.tensor(y)
+    z = torch.cat([xt, yt])
+    iu = torch.triu_indices(13, 13, 1)
+    sigma0 = torch.cdist(z, z)[iu[0], iu[1]].median()  # torch: the lower of the two middle values
+    sig = sigma0 * torch.tensor([1 / 8, 1 / 4, 1 / 2, 1, 2, 4, 8], dtype=torch.float64)
+
+    def k(a, b):
+        return torch.exp(-(torch.cdist(a, b) ** 2)[None] / (2 * sig ** 2)[:, None, None]).mean(0)
+
+    kxx, kyy, kxy = k(xt, xt), k(yt, yt), k(xt, yt)
+    mmd2 = (kxx.sum() - kxx.diag().sum()) / 42 + (kyy.sum() - kyy.diag().sum()) / 30 - 2 * kxy.mean()
+    assert abs(medmetric_mmd(x, y) - float(torch.sqrt(mmd2.clamp(min=0)))) < 1e-12
+    assert medmetric_mmd(x, x) == 0.0  # clamped at 0

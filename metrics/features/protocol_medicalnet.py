@@ -29,14 +29,15 @@ HAGAN_RESNET50 = PinnedWeights(
     filename="resnet_50.pth",
     source="https://huggingface.co/TencentMedicalNet/MedicalNet-Resnet50 (resnet_50.pth; also Tencent/MedicalNet's "
            "Google Drive / Weiyun archive, pretrain/resnet_50.pth)",
-    sha256=None,
-    note="no sha256 of resnet_50.pth is published in Tencent/MedicalNet, batmanlab/HA-GAN or any code we could read")
+    sha256="5b6189cafbee2f5604a7279b62bc163365aa6a86a377e1dc260a14275cacbd84",
+    note="published in medmetric 0.1.1's weights manifest (medmetric/weights/medicalnet.yaml: "
+         "TencentMedicalNet/MedicalNet-Resnet50, revision main); HA-GAN itself publishes none; not re-hashed by us")
 MEDMETRIC_RESNET50 = PinnedWeights(
     filename="resnet_50_23dataset.pth",
     source="https://huggingface.co/TencentMedicalNet/MedicalNet-Resnet50 (resnet_50_23dataset.pth)",
     sha256="ff48a62219073fb977fd3f4ddfb8dc1367f0ec156c8d6f6c37e205bd683a246e",
-    note="full value quoted by public evaluation code; its prefix/suffix (ff48a622...a246e) are medmetric's pin; "
-         "not re-hashed by us")
+    note="published in medmetric 0.1.1's weights manifest (medmetric/weights/medicalnet.yaml: "
+         "TencentMedicalNet/MedicalNet-Resnet50, revision main); not re-hashed by us")
 
 
 class PinnedExtractor(TorchFeatureExtractor):
@@ -93,7 +94,7 @@ class HaganMedicalNet50(_ProtocolMedicalNet50):
 
     Args:
         weights: the file or a folder holding ``resnet_50.pth`` (default ``$BRAINGENBENCH_WEIGHTS``).
-        sha256: the file's sha256 (required with ``verify=True``: no published hash is known).
+        sha256: overrides the pinned sha256 (medmetric's manifest value).
         verify: ``False`` loads any file of the right layout, recorded as ``"unverified"``.
     """
 
@@ -113,7 +114,7 @@ class HaganMedicalNet50(_ProtocolMedicalNet50):
 class MedmetricMedicalNet50(_ProtocolMedicalNet50):
     """medmetric's features: MedicalNet ``resnet_50_23dataset.pth``, per-volume z-score, 2048-d.
 
-    Args: as :class:`HaganMedicalNet50` (here a published sha256 is pinned).
+    Args: as :class:`HaganMedicalNet50`.
     """
 
     name = "medmetric-medicalnet-r50"
