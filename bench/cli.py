@@ -132,14 +132,23 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--keep-qc-failures", action="store_true",
                     help="keep scans that fail registration QC in their split (default: split 'excluded')")
 
-    p = sub.add_parser("explain", help="cross-attention maps per caption token for one prompt",
-                       description="Sample one volume for PROMPT and write, per caption token, the "
-                                   "cross-attention map (NIfTI + PNG mid-slices) and index.json to OUT.")
+    p = sub.add_parser("explain", help="what a prompt does: cross-attention maps per token, or a counterfactual edit",
+                       description="Without --edit: sample one volume for the prompt (--prompt, or the caption of "
+                                   "--subject / --index) and write per-token cross-attention maps on one colour "
+                                   "scale, a ranked contact sheet and index.json. With --edit (ventricles*1.5, "
+                                   "age+30, modality=T2, lesions+5): generate the subject's caption and the edited "
+                                   "caption with the same seeds (--n pairs) and write the mean difference map and "
+                                   "the measured change with its bootstrap CI.")
     p.add_argument("--generator", default="ldm3d")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--prompt", default=None, help="caption for the attention maps (default: the subject's)")
+    p.add_argument("--subject", default=None, help="subject id of the suite's reference cohort (base prompt)")
+    p.add_argument("--index", type=int, default=None, help="K-th of the suite's prompts (default 0)")
+    p.add_argument("--edit", default=None, help="counterfactual edit, e.g. ventricles*1.5, age+30, modality=T2")
+    p.add_argument("--n", type=int, default=16, help="same-seed pairs of a counterfactual (default 16)")
+    p.add_argument("--run", type=Path, default=None, help="run folder: write into RUN/explain/ for its run page")
+    p.add_argument("--out", type=Path, default=None, help="output folder (when no --run)")
     p.add_argument("--generator-args", default="", metavar="K=V,...")
-    p.add_argument("--suite", default="quick", help="suite whose reference cohort and grid to use")
+    p.add_argument("--suite", default="quick", help="suite whose reference cohort, grid and prompts to use")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
 
@@ -407,21 +416,56 @@ def _cmd_ls(what: str) -> int:
 
 
 def _cmd_explain(args) -> int:
+    """``bench explain``: attention maps (no ``--edit``) or a counterfactual edit; every argument is
+    checked (edit, subject, output) before the generator is built or anything is generated."""
     from bench import registry
     from bench.args import parse_kv
+    from bench.counterfactual import counterfactual, parse_edit
+    from bench.prompts import select_prompts
     from bench.runner import build_generator, resolve_cohort, resolve_device
     from bench.suite import load_suite
+    from cohorts.captions import make_caption
     from generators.base import GeneratorContext
 
     registry.generators.canonical(args.generator)
+    edit = parse_edit(args.edit) if args.edit is not None else None
+    if args.run is None and args.out is None:
+        raise ValueError("give --out DIR, or --run RUN_DIR to write into RUN_DIR/explain/")
+    if args.run is not None and not args.run.is_dir():
+        raise ValueError(f"--run {args.run}: no such run folder")
+    if args.subject is not None and args.index is not None:
+        raise ValueError("give --subject or --index, not both")
+    if edit is not None and args.n < 2:
+        raise ValueError(f"--n must be >= 2 (pairs for the interval), got {args.n}")
     suite = load_suite(args.suite)
     cohort = resolve_cohort(suite.reference, suite.grid, suite.reference_args, args.quiet)
+    subject = None
+    if args.subject is not None:
+        try:
+            subject = cohort.by_id(args.subject)
+        except KeyError as e:
+            raise ValueError(str(e).strip("'\"")) from None
+    elif args.index is not None or args.prompt is None or edit is not None:
+        selected = select_prompts(cohort, suite.n_prompts, suite.seed)
+        k = args.index or 0
+        if not 0 <= k < len(selected):
+            raise ValueError(f"--index {k}: suite {suite.name!r} has {len(selected)} prompts (0..{len(selected) - 1})")
+        subject = selected[k]
+    out = Path(args.out) if args.run is None else args.run / "explain"
+    if edit is not None and args.run is not None:
+        out = out / f"counterfactual-{edit.slug}"
     ctx = GeneratorContext(cohort=cohort, grid=suite.grid, device=resolve_device(args.device), quiet=args.quiet)
     gen, _ = build_generator(args.generator, parse_kv(args.generator_args), ctx)
+    if edit is not None:
+        index = counterfactual(gen, cohort, subject, edit, out, n=args.n, seed=args.seed)
+        print(f"counterfactual: {index}")
+        return 0
     explain = getattr(gen, "explain", None)
     if explain is None:
-        raise ValueError(f"generator {args.generator!r} does not expose attention maps (no explain method)")
-    index = explain(args.prompt, args.out, seed=args.seed)
+        raise ValueError(f"generator {args.generator!r} does not expose attention maps (no explain method); "
+                         "--edit works with any generator")
+    prompt = args.prompt if args.prompt is not None else make_caption(subject)
+    index = explain(prompt, out, seed=args.seed)
     print(f"attention maps: {index}")
     return 0
 

@@ -47,6 +47,9 @@ class RunArtefacts:
         figures: ``[{"id", "title", "fig" (plotly dict), "caption"}]``.
         effects: Radiomics top effects ``[{"name", "d"}]``, largest ``|d|`` first.
         explain: Cross-attention maps ``[{"token", "images": [relative paths]}]``.
+        counterfactuals: Counterfactual prompt edits (``explain/**/index.json`` of kind
+            ``counterfactual``): ``[{"edit", "subject_id", "base", "edited", "n", "png",
+            "change": {requested, measured, ci, unit, ...}, "calibrated"}]``.
         reports: Report runs (task ``report``): the first described volumes
             (:class:`leaderboards.reports.ReportCard`).
         missing: Human reasons for what is not shown.
@@ -57,6 +60,7 @@ class RunArtefacts:
     effects: list[dict] = field(default_factory=list)
     effects_key: str = ""
     explain: list[dict] = field(default_factory=list)
+    counterfactuals: list[dict] = field(default_factory=list)
     reports: list[ReportCard] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
 
@@ -196,6 +200,78 @@ def _explain_entries(index: Any) -> list[tuple[str, list[str]]]:
     return out
 
 
+def _png_inside(folder: Path, name: Any) -> Path | None:
+    """``folder/name`` when it is a real PNG inside ``folder`` (no traversal, no fakes), else None."""
+    if not isinstance(name, str):
+        return None
+    src = (folder / name).resolve()
+    try:
+        src.relative_to(folder.resolve())
+    except ValueError:
+        logger.warning("%s: %r points outside its folder; ignored", folder, name)
+        return None
+    if src.suffix.lower() != ".png" or not src.is_file():
+        return None
+    with src.open("rb") as fh:
+        if fh.read(8) != _PNG_MAGIC:
+            logger.warning("%s is not a PNG; ignored", src)
+            return None
+    return src
+
+
+def _change(c: Any) -> dict | None:
+    """A measured change of a counterfactual index, numbers only (None when unusable)."""
+    if not isinstance(c, dict):
+        return None
+    ci = c.get("ci") if isinstance(c.get("ci"), list) and len(c.get("ci")) == 2 else [None, None]
+    out = {"measured": _num(c.get("measured")), "low": _num(ci[0]), "high": _num(ci[1]),
+           "requested": _num(c.get("requested")), "unit": str(c.get("unit", "")),
+           "measurement": str(c.get("measurement", "")), "level": _num(c.get("level")),
+           "n_pairs": c.get("n_pairs") if isinstance(c.get("n_pairs"), int) else None}
+    return out if out["measured"] is not None else None
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def copy_counterfactuals(run_dir: Path, dest: Path, rel_prefix: str) -> list[dict]:
+    """Counterfactual edits written by ``bench explain --edit ... --run RUN`` (``explain/*/index.json``
+    or ``explain/index.json`` of kind ``counterfactual``): the difference PNG copied into ``dest``, the
+    prompt pair and the measured change (requested, mean paired difference, CI) for the run page."""
+    folder = run_dir / "explain"
+    out: list[dict] = []
+    n_png = 0
+    for index_path in [folder / "index.json", *sorted(folder.glob("*/index.json"))]:
+        if not index_path.is_file():
+            continue
+        try:
+            index = json.loads(index_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            logger.warning("unreadable %s: %s", index_path, e)
+            continue
+        if not isinstance(index, dict) or index.get("kind") != "counterfactual":
+            continue
+        files = index.get("files") if isinstance(index.get("files"), dict) else {}
+        src = _png_inside(index_path.parent, files.get("difference_png"))
+        png = None
+        if src is not None:
+            name = f"counterfactual_{n_png:02d}.png"
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dest / name)
+            png = f"{rel_prefix}/{name}"
+            n_png += 1
+        edit = index.get("edit") if isinstance(index.get("edit"), dict) else {}
+        prompts = index.get("prompts") if isinstance(index.get("prompts"), dict) else {}
+        change = index.get("measured_change")
+        out.append({"edit": str(edit.get("text", "")), "description": str(edit.get("description", "")),
+                    "subject_id": str(index.get("subject_id", "")), "base": str(prompts.get("base", "")),
+                    "edited": str(prompts.get("edited", "")), "n": index.get("n"), "seed": index.get("seed"),
+                    "png": png, "change": _change(change),
+                    "calibrated": _change(change.get("calibrated")) if isinstance(change, dict) else None})
+    return out
+
+
 def copy_explain(run_dir: Path, dest: Path, rel_prefix: str) -> tuple[list[dict], str]:
     """Copy cross-attention PNGs listed in ``run_dir/explain/index.json`` into ``dest``.
 
@@ -215,6 +291,14 @@ def copy_explain(run_dir: Path, dest: Path, rel_prefix: str) -> tuple[list[dict]
         return [], f"explain/index.json is unreadable ({e})"
     root = folder.resolve()
     shown, n = [], 0
+    if isinstance(index, dict) and index.get("kind") == "counterfactual":
+        return [], "explain/index.json is a counterfactual edit (shown above), not attention maps"
+    sheet = _png_inside(folder, index.get("contact_sheet")) if isinstance(index, dict) else None
+    if sheet is not None:  # one labelled, ranked image on a shared scale instead of a PNG per token
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(sheet, dest / "explain_sheet.png")
+        return [{"token": "all tokens, ranked by departure from uniform (one colour scale)",
+                 "images": [f"{rel_prefix}/explain_sheet.png"], "sheet": True}], ""
     for token, files in _explain_entries(index):
         images = []
         for f in files:
@@ -363,7 +447,8 @@ def collect(record: dict, run_dir: Path | None, asset_dir: Path, rel_prefix: str
         else:
             art.missing.append(f"intensity histograms: {why}")
 
-    # ---- cross-attention maps
+    # ---- explanations: counterfactual edits, cross-attention maps
+    art.counterfactuals = copy_counterfactuals(run_dir, asset_dir, rel_prefix)
     art.explain, why = copy_explain(run_dir, asset_dir, rel_prefix)
     if not art.explain:
         art.missing.append(f"cross-attention maps: {why}")
