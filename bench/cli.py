@@ -416,57 +416,12 @@ def _cmd_ls(what: str) -> int:
 
 
 def _cmd_explain(args) -> int:
-    """``bench explain``: attention maps (no ``--edit``) or a counterfactual edit; every argument is
-    checked (edit, subject, output) before the generator is built or anything is generated."""
-    from bench import registry
-    from bench.args import parse_kv
-    from bench.counterfactual import counterfactual, parse_edit
-    from bench.prompts import select_prompts
-    from bench.runner import build_generator, resolve_cohort, resolve_device
-    from bench.suite import load_suite
-    from cohorts.captions import make_caption
-    from generators.base import GeneratorContext
+    from bench.counterfactual import explain_command
 
-    registry.generators.canonical(args.generator)
-    edit = parse_edit(args.edit) if args.edit is not None else None
-    if args.run is None and args.out is None:
-        raise ValueError("give --out DIR, or --run RUN_DIR to write into RUN_DIR/explain/")
-    if args.run is not None and not args.run.is_dir():
-        raise ValueError(f"--run {args.run}: no such run folder")
-    if args.subject is not None and args.index is not None:
-        raise ValueError("give --subject or --index, not both")
-    if edit is not None and args.n < 2:
-        raise ValueError(f"--n must be >= 2 (pairs for the interval), got {args.n}")
-    suite = load_suite(args.suite)
-    cohort = resolve_cohort(suite.reference, suite.grid, suite.reference_args, args.quiet)
-    subject = None
-    if args.subject is not None:
-        try:
-            subject = cohort.by_id(args.subject)
-        except KeyError as e:
-            raise ValueError(str(e).strip("'\"")) from None
-    elif args.index is not None or args.prompt is None or edit is not None:
-        selected = select_prompts(cohort, suite.n_prompts, suite.seed)
-        k = args.index or 0
-        if not 0 <= k < len(selected):
-            raise ValueError(f"--index {k}: suite {suite.name!r} has {len(selected)} prompts (0..{len(selected) - 1})")
-        subject = selected[k]
-    out = Path(args.out) if args.run is None else args.run / "explain"
-    if edit is not None and args.run is not None:
-        out = out / f"counterfactual-{edit.slug}"
-    ctx = GeneratorContext(cohort=cohort, grid=suite.grid, device=resolve_device(args.device), quiet=args.quiet)
-    gen, _ = build_generator(args.generator, parse_kv(args.generator_args), ctx)
-    if edit is not None:
-        index = counterfactual(gen, cohort, subject, edit, out, n=args.n, seed=args.seed)
-        print(f"counterfactual: {index}")
-        return 0
-    explain = getattr(gen, "explain", None)
-    if explain is None:
-        raise ValueError(f"generator {args.generator!r} does not expose attention maps (no explain method); "
-                         "--edit works with any generator")
-    prompt = args.prompt if args.prompt is not None else make_caption(subject)
-    index = explain(prompt, out, seed=args.seed)
-    print(f"attention maps: {index}")
+    kind, index = explain_command(**{k: getattr(args, k) for k in (
+        "generator", "suite", "prompt", "subject", "index", "edit", "n", "run", "out", "generator_args", "seed",
+        "device", "quiet")})
+    print(f"{kind}: {index}")
     return 0
 
 

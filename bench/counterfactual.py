@@ -34,7 +34,7 @@ from cohorts.subject import MODALITIES, Cohort, Subject
 from core.names import did_you_mean
 from generators.base import Prompt, seed_for
 
-__all__ = ["EDITS", "Edit", "apply_edit", "counterfactual", "measure_change", "parse_edit"]
+__all__ = ["EDITS", "Edit", "apply_edit", "counterfactual", "explain_command", "measure_change", "parse_edit"]
 
 logger = logging.getLogger(__name__)
 
@@ -341,3 +341,61 @@ def counterfactual(generator, cohort: Cohort, subject: Subject, edit: Edit | str
     path.write_text(json.dumps(index, indent=2, default=str))
     return path
 
+
+# ------------------------------------------------------------------------------- command
+def explain_command(*, generator: str = "ldm3d", suite: str = "quick", prompt: str | None = None,
+                    subject: str | None = None, index: int | None = None, edit: str | None = None, n: int = 16,
+                    run: Path | None = None, out: Path | None = None, generator_args: str = "", seed: int = 0,
+                    device: str = "auto", quiet: bool = False) -> tuple[str, Path]:
+    """``python -m bench explain`` (the keyword arguments are its flags): attention maps (no ``edit``)
+    or a counterfactual edit. Every argument (edit, subject, output) is checked before the generator
+    is built or anything is generated.
+
+    Returns:
+        ``("attention maps" | "counterfactual", path of index.json)``.
+    """
+    from bench import registry
+    from bench.args import parse_kv
+    from bench.runner import build_generator, resolve_cohort, resolve_device
+    from bench.suite import load_suite
+    from generators.base import GeneratorContext
+
+    registry.generators.canonical(generator)
+    parsed = parse_edit(edit) if edit is not None else None
+    if run is None and out is None:
+        raise ValueError("give --out DIR, or --run RUN_DIR to write into RUN_DIR/explain/")
+    if run is not None and not Path(run).is_dir():
+        raise ValueError(f"--run {run}: no such run folder")
+    if subject is not None and index is not None:
+        raise ValueError("give --subject or --index, not both")
+    if parsed is not None and n < 2:
+        raise ValueError(f"--n must be >= 2 (pairs for the interval), got {n}")
+    st = load_suite(suite)
+    cohort = resolve_cohort(st.reference, st.grid, st.reference_args, quiet)
+    chosen = None
+    if subject is not None:
+        try:
+            chosen = cohort.by_id(subject)
+        except KeyError as e:
+            raise ValueError(str(e).strip("'\"")) from None
+    elif index is not None or prompt is None or parsed is not None:
+        from bench.prompts import select_prompts
+
+        selected = select_prompts(cohort, st.n_prompts, st.seed)
+        k = index or 0
+        if not 0 <= k < len(selected):
+            raise ValueError(f"--index {k}: suite {st.name!r} has {len(selected)} prompts (0..{len(selected) - 1})")
+        chosen = selected[k]
+    folder = Path(out) if run is None else Path(run) / "explain"
+    if parsed is not None and run is not None:
+        folder = folder / f"counterfactual-{parsed.slug}"
+    ctx = GeneratorContext(cohort=cohort, grid=st.grid, device=resolve_device(device), quiet=quiet)
+    gen, _ = build_generator(generator, parse_kv(generator_args), ctx)
+    if parsed is not None:
+        return "counterfactual", counterfactual(gen, cohort, chosen, parsed, folder, n=n, seed=seed)
+    attention = getattr(gen, "explain", None)
+    if attention is None:
+        raise ValueError(f"generator {generator!r} does not expose attention maps (no explain method); "
+                         "--edit works with any generator")
+    text = prompt if prompt is not None else make_caption(chosen)
+    return "attention maps", attention(text, folder, seed=seed)
