@@ -159,6 +159,22 @@ def load_medicalnet_weights(model: MedicalNetResNet, path: str | os.PathLike,
             "official release. Re-download it from Hugging Face (TencentMedicalNet), or pass verify=False to use "
             "it anyway (recorded as 'unverified')")
     state = _read_state_dict(path)
+    load_exact(model, state, path, f"MedicalNet resnet_{model.depth} (shortcut {model.shortcut_type})",
+               diagnosis=f"this looks like {_infer_layout(list(state))}, not resnet_{model.depth}",
+               advice="Use the extractor whose depth matches the file (medicalnet-r10/-r18/-r34/-r50) or point "
+                      "weights= at the right file.")
+    return {"path": str(path), "sha256": digest, "n_tensors": len(state)}
+
+
+def load_exact(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, who: str, *,
+               diagnosis: str = "", advice: str = "") -> int:
+    """``model.load_state_dict(state, strict=True)`` after listing, in one message, every key that is
+    missing, unexpected or of another shape (missing ``num_batches_tracked`` buffers are allowed);
+    returns the number of tensors loaded.
+
+    Raises:
+        WeightsMismatchError: "<file> does not fit <who>: <diagnosis>. N missing ... <advice>".
+    """
     own = model.state_dict()
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
@@ -168,16 +184,14 @@ def load_medicalnet_weights(model: MedicalNetResNet, path: str | os.PathLike,
         def show(items: list[str]) -> str:
             return ", ".join(items[:6]) + (f" ... (+{len(items) - 6} more)" if len(items) > 6 else "")
 
-        parts = [f"{path.name} does not fit MedicalNet resnet_{model.depth} (shortcut {model.shortcut_type}): "
-                 f"this looks like {_infer_layout(list(state))}, not resnet_{model.depth}."]
-        if missing:
-            parts.append(f"missing {len(missing)} keys: {show(missing)}.")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} keys: {show(unexpected)}.")
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatches: {show(shapes)}.")
-        parts.append("Use the extractor whose depth matches the file (medicalnet-r10/-r18/-r34/-r50) or point "
-                     "weights= at the right file.")
+        parts = [f"{path.name} does not fit {who}" + (f": {diagnosis}." if diagnosis else ".")]
+        for what, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatches:", shapes)):
+            if items:
+                parts.append(f"{len(items)} {what} {show(items)}.")
+        if advice:
+            parts.append(advice)
         raise WeightsMismatchError(" ".join(parts))
+    for k, v in own.items():  # files saved without num_batches_tracked
+        state.setdefault(k, v)
     model.load_state_dict(state, strict=True)
-    return {"path": str(path), "sha256": digest, "n_tensors": len(state)}
+    return len(state)

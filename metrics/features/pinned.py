@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from metrics.features.base import sha256_file
-from metrics.features.medicalnet_weights import WEIGHTS_ENV, WeightsMismatchError, _parse_expected, sha256_matches
+from metrics.features.medicalnet_weights import (WEIGHTS_ENV, WeightsMismatchError, _parse_expected, load_exact,
+                                                 sha256_matches)
 
 log = logging.getLogger("braingenbench.metrics.features")
 
@@ -116,24 +117,3 @@ def read_state_dict(path: Path, who: str) -> dict[str, torch.Tensor]:
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in payload.items()}
 
 
-def load_exact(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, who: str) -> int:
-    """``model.load_state_dict(state, strict=True)`` after listing every key or shape that differs
-    (missing ``num_batches_tracked`` buffers are allowed); returns the number of tensors loaded."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        def show(items: list[str]) -> str:
-            return ", ".join(items[:6]) + (f" ... (+{len(items) - 6} more)" if len(items) > 6 else "")
-
-        parts = [f"{path.name} does not fit {who}."]
-        for what, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatches:", shapes)):
-            if items:
-                parts.append(f"{len(items)} {what} {show(items)}.")
-        raise WeightsMismatchError(" ".join(parts))
-    for k, v in own.items():  # old files without num_batches_tracked
-        state.setdefault(k, v)
-    model.load_state_dict(state, strict=True)
-    return len(state)
