@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -80,3 +81,46 @@ def registered_cohort(tmp_path_factory, name: str, grid: str = "3mm", **build):
         yield cohorts.get(name).get(grid, home=home, quiet=True, **build)
     finally:
         mp.undo()
+
+
+#: where chromedriver and Chromium are (None when absent: the browser tests skip, naming `make browser`)
+CHROMEDRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists()
+                                                else None)
+CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser", shutil.which("chromium") or "")
+                 if p and Path(p).exists()), None)
+BROWSER_MISSING = ("chromium / chromedriver not found; install them with `make browser` "
+                   "(apt-get install chromium chromium-driver)")
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage")
+
+
+def chromium_driver(window: str = "1280,1600"):
+    """Generator for a module fixture: a headless Chromium driver with its own profile and browser logs."""
+    import tempfile
+
+    import pytest
+
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
+    if CHROMEDRIVER is None or CHROMIUM is None:
+        pytest.skip(BROWSER_MISSING)
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="bgb-chromium-")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in CHROMIUM_FLAGS + (f"--window-size={window}", f"--user-data-dir={profile}"):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    drv = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    drv.set_page_load_timeout(30)
+    try:
+        yield drv
+    finally:
+        drv.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def severe_browser_logs(drv) -> list[str]:
+    """The SEVERE entries of the browser console (JavaScript errors, failed loads)."""
+    return [e["message"] for e in drv.get_log("browser") if e.get("level") == "SEVERE"]

@@ -15,7 +15,6 @@ import json
 import math
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ from bench.reader_study_score import cohen_kappa, fleiss_kappa, label_counts, sc
 from bench.runner import RunConfig, run
 from cohorts.captions import parse_caption
 from core.errors import InputError
-from tests._helpers import registered_cohort
+from tests._helpers import chromium_driver, registered_cohort, severe_browser_logs
 
 N_SUBJECTS = 80  # the cohort of tests/test_reports.py (20 test subjects)
 N_PROMPTS = 8
@@ -265,38 +264,12 @@ def test_score_refuses_bad_responses(study, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------- in Chromium
-CHROMEDRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists()
-                                                else None)
-CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser", shutil.which("chromium") or "")
-                 if p and Path(p).exists()), None)
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--window-size=1400,900")
-
-
 @pytest.fixture(scope="module")
 def driver():
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
-    if CHROMEDRIVER is None or CHROMIUM is None:
-        pytest.skip("chromium / chromedriver not found; install them with `make browser` "
-                    "(apt-get install chromium chromium-driver)")
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="bgb-chromium-")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in FLAGS + (f"--user-data-dir={profile}",):
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    drv = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    drv.set_page_load_timeout(30)
-    yield drv
-    drv.quit()
-    shutil.rmtree(profile, ignore_errors=True)
+    yield from chromium_driver("1400,900")
 
 
-def _severe(drv) -> list[str]:
-    return [e["message"] for e in drv.get_log("browser") if e.get("level") == "SEVERE"]
+_severe = severe_browser_logs
 
 
 def _wait_case(drv, position: int) -> None:

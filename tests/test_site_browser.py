@@ -14,14 +14,12 @@ Needs ``chromium`` and ``chromium-driver`` (Debian; ``make browser`` installs th
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
 from leaderboards import build_site
+from tests._helpers import BROWSER_MISSING, CHROMEDRIVER, CHROMIUM, chromium_driver, severe_browser_logs
 from test_leaderboards import (
     EVIL,
     VALIDATION,
@@ -34,23 +32,13 @@ from test_leaderboards import (
     write_runs,
 )
 
-CHROMEDRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists()
-                                                else None)
-CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser", shutil.which("chromium") or "")
-                 if p and Path(p).exists()), None)
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
 if CHROMEDRIVER is None or CHROMIUM is None:
-    pytest.skip("chromium / chromedriver not found; install them with `make browser` "
-                "(apt-get install chromium chromium-driver)", allow_module_level=True)
+    pytest.skip(BROWSER_MISSING, allow_module_level=True)
 
 from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--window-size=1280,1600")
 
 
 @pytest.fixture(scope="module")
@@ -67,21 +55,10 @@ def site(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def driver():
-    profile = tempfile.mkdtemp(prefix="bgb-chromium-")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in FLAGS + (f"--user-data-dir={profile}",):
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    drv = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    drv.set_page_load_timeout(30)
-    yield drv
-    drv.quit()
-    shutil.rmtree(profile, ignore_errors=True)
+    yield from chromium_driver("1280,1600")
 
 
-def _severe(drv) -> list[str]:
-    return [e["message"] for e in drv.get_log("browser") if e.get("level") == "SEVERE"]
+_severe = severe_browser_logs
 
 
 def _no_alert(drv) -> None:
