@@ -97,6 +97,21 @@ def test_larger_ventricles_edit_measured_positive_with_ci_excluding_zero(ventric
     assert index["difference_scale"]["vmin"] == -index["difference_scale"]["vmax"] > -1
 
 
+def test_a_generator_that_follows_the_ventricle_attribute_shows_it_on_every_subject(cohort, tmp_path):
+    """The known response: ``pca`` regresses its appearance coefficients on the caption attributes, so a
+    ventricle edit must grow the measured ventricles of every subject (unlike the shipped ldm3d, whose
+    response to one changed number is subject-dependent: docs/explain.md)."""
+    from bench.prompts import select_prompts
+    from generators.pca import PCAGenerator
+
+    gen = PCAGenerator(GeneratorContext(cohort=cohort, grid=get_grid("3mm"), quiet=True))
+    for s in [s for s in select_prompts(cohort, 20, 0) if s.modality == "T1"][:2]:
+        path = counterfactual(gen, cohort, s, "ventricles*1.5", tmp_path / s.subject_id, n=4, seed=0, n_boot=500,
+                              cache_dir=tmp_path / "cache", calibrated=False)
+        ch = json.loads(path.read_text())["measured_change"]
+        assert ch["requested"] > 0 and ch["ci"][0] > 0, (s.subject_id, ch)
+
+
 # ----------------------------------------------------------------------------- edits and captions
 @pytest.mark.parametrize("text, expected", [("ventricles*1.5", Edit("ventricles", "*", 1.5)),
                                             ("age+30", Edit("age", "+", 30.0)),
