@@ -426,6 +426,8 @@ def _cmd_explain(args) -> int:
 
 
 def _cmd_prompts(args) -> int:
+    """The suite's prompts (``index,subject_id,prompt``), or for a report suite the volumes to describe
+    (``index,subject_id,image``: the NIfTI file on the suite grid)."""
     import csv
 
     from bench.prompts import select_prompts
@@ -435,45 +437,28 @@ def _cmd_prompts(args) -> int:
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1 (the number of prompts), got {args.limit}")
     suite = load_suite(args.suite)
-    if suite.task == "report":
-        return _report_volumes(args, suite)
-    if suite.task != "text-to-volume":
+    if suite.task not in ("text-to-volume", "report"):
         raise ValueError(f"suite {suite.name!r} is a {suite.task} suite: its prompts depend on the generator's own "
                          "previous volumes, so they cannot be exported for the folder adapter; run a follow-up "
                          "generator (copy-baseline, lesion-paint or your plugin with a follow_up() method) instead")
     reference_args = suite.reference_args if args.reference is None else {}
     cohort = resolve_cohort(args.reference or suite.reference, suite.grid, reference_args, args.quiet)
     n = suite.n_prompts if args.limit is None else min(args.limit, suite.n_prompts)
-    subjects = select_prompts(cohort, n, suite.seed)
+    if suite.task == "report":
+        from bench.report import report_set
+
+        header = ["index", "subject_id", "image"]
+        rows = [(s.subject_id, str(Path(s.image).resolve()))
+                for s in report_set(cohort, n, suite.seed, suite.floor_split).reference]
+    else:
+        header = ["index", "subject_id", "prompt"]
+        rows = [(s.subject_id, s.caption) for s in select_prompts(cohort, n, suite.seed)]
     fh = open(args.out, "w", newline="") if args.out else sys.stdout
     try:
         w = csv.writer(fh)
-        w.writerow(["index", "subject_id", "prompt"])
-        for i, s in enumerate(subjects):
-            w.writerow([i, s.subject_id, s.caption])
-    finally:
-        if args.out:
-            fh.close()
-    return 0
-
-
-def _report_volumes(args, suite) -> int:
-    """A report suite's volumes to describe: ``index,subject_id,image`` (the NIfTI file on the suite grid)."""
-    import csv
-
-    from bench.report import report_set
-    from bench.runner import resolve_cohort
-
-    reference_args = suite.reference_args if args.reference is None else {}
-    cohort = resolve_cohort(args.reference or suite.reference, suite.grid, reference_args, args.quiet)
-    n = suite.n_prompts if args.limit is None else min(args.limit, suite.n_prompts)
-    subjects = report_set(cohort, n, suite.seed, suite.floor_split).reference
-    fh = open(args.out, "w", newline="") if args.out else sys.stdout
-    try:
-        w = csv.writer(fh)
-        w.writerow(["index", "subject_id", "image"])
-        for i, s in enumerate(subjects):
-            w.writerow([i, s.subject_id, str(Path(s.image).resolve())])
+        w.writerow(header)
+        for i, row in enumerate(rows):
+            w.writerow([i, *row])
     finally:
         if args.out:
             fh.close()
