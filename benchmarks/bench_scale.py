@@ -73,6 +73,28 @@ def _tree_rss(pid: int) -> int:
     return total
 
 
+def run_measured(cmd: list[str], *, env: dict, cwd: Path) -> tuple[float, int]:
+    """Run ``cmd``; its wall seconds and the peak summed RSS (bytes) of its process tree, sampled every
+    0.1 s. A non-zero exit raises with the end of its stderr."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = [0]
+
+    def sample():
+        while proc.poll() is None:
+            peak[0] = max(peak[0], _tree_rss(proc.pid))
+            time.sleep(0.1)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    out, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    th.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-3000:]}")
+    return wall, peak[0]
+
+
 def measure(grid: str, n: int, executor: str = "local", workdir: Path | None = None, heap: str = "trim") -> dict:
     """Run the configuration in a subprocess; wall seconds, peak tree RSS (MiB) and the record's timings.
     ``heap``: the run's ``--heap`` policy (bench.memory)."""
@@ -104,22 +126,7 @@ def _measure(grid: str, n: int, executor: str, workdir: Path, heap: str) -> dict
     env["BRAINGENBENCH_HOME"] = str(bench_home)
     cmd = [sys.executable, "-m", "bench", "--quiet", "run", "--generator", "template", "--suite", str(suite),
            "--out", str(workdir / "runs"), "--executor", executor, "--heap", heap]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = [0]
-
-    def sample():
-        while proc.poll() is None:
-            peak[0] = max(peak[0], _tree_rss(proc.pid))
-            time.sleep(0.1)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    out, err = proc.communicate()
-    wall = time.perf_counter() - t0
-    th.join()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-3000:]}")
+    wall, peak = run_measured(cmd, env=env, cwd=ROOT)
     record = next((workdir / "runs").glob("*/record.json"))
     rec = json.loads(record.read_text())
     failed = sorted(k for k, v in rec["metrics"].items() if v.get("value") is None)
@@ -127,7 +134,7 @@ def _measure(grid: str, n: int, executor: str, workdir: Path, heap: str) -> dict
         errors = {k: rec["metrics"][k].get("details", {}).get("error") for k in failed}
         raise RuntimeError(f"{grid}:{n}: metrics failed, no row recorded: {errors}")
     row = {"grid": grid, "n": n, "executor": executor, "heap": heap, "wall_s": round(wall, 1),
-           "peak_rss_mib": round(peak[0] / 2**20, 1), "timings": rec["timings"], "n_metrics": len(rec["metrics"]),
+           "peak_rss_mib": round(peak / 2**20, 1), "timings": rec["timings"], "n_metrics": len(rec["metrics"]),
            "cpus": os.cpu_count(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with open(RESULTS, "a") as f:
