@@ -203,6 +203,8 @@ _LARGE = r"large|larger|enlarged|big|bigger|dilated|prominent|expanded|increased
 _SMALL = r"small|smaller|shrunken|atrophic|atrophied|atrophy|reduced|tiny|decreased|shrinking"
 _QUAL = re.compile(rf"\b(?:(?:very|markedly|mildly|slightly|somewhat)\s+)?({_LARGE}|{_SMALL})\b", re.I)
 _CLAUSE_SPLIT = re.compile(r"[;,]|\.(?!\d)|\bwith\b|\band\b", re.I)
+# "Hippocampus, left: 3.9 mL" (report style) is one statement: its comma must not split the clause
+_SIDE_AFTER = re.compile(r"\b(hippocamp(?:us|i))\s*,\s*(left|right)\b", re.I)
 
 
 _WORD_NUMBERS = {"no": 0, "zero": 0, "one": 1, "a": 1, "an": 1, "a single": 1, "two": 2, "three": 3, "four": 4,
@@ -340,7 +342,7 @@ def parse_caption(text: str) -> dict:
     changes = parse_changes(text)
     if changes:
         out["changes"] = changes
-    for clause in _CLAUSE_SPLIT.split(text):
+    for clause in _CLAUSE_SPLIT.split(_SIDE_AFTER.sub(r"\2 \1", text)):
         if _LESION_CLAUSE.search(clause):  # "2 deep white-matter", "total lesion volume 8.4 mL"
             continue
         keys, span = None, None
