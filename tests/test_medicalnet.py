@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from metrics.features.base import sha256_file
+from metrics.features.medicalnet_weights import official_filename
 from metrics.features.medicalnet import (
     KNOWN_SHA256, MedicalNet18, MedicalNetExtractor, MedicalNetResNet, WeightsMismatchError, load_medicalnet_weights,
     medicalnet_normalize, sha256_matches,
@@ -115,7 +116,7 @@ def test_wrong_depth_file_is_named(tmp_path):
         load_medicalnet_weights(MedicalNetResNet(10), path)
     msg = str(err.value)
     assert "missing" in msg and "downsample" in msg and "unexpected" in msg and "medicalnet-r" in msg
-    path10 = save_official(MedicalNetResNet(10), tmp_path / "resnet_10.pth", with_head=False)
+    path10 = save_official(MedicalNetResNet(10), tmp_path / "r10_weights.pth", with_head=False)  # no pin
     with pytest.raises(WeightsMismatchError, match=r"looks like resnet_10 \(basic blocks, shortcut B\), not resnet_18"):
         MedicalNet18(weights=str(path10))
 
@@ -123,7 +124,7 @@ def test_wrong_depth_file_is_named(tmp_path):
 def test_hash_checks(tmp_path, caplog):
     # a file named like the official one but with other content fails the (prefix...suffix) pin
     path = save_official(MedicalNetResNet(10), tmp_path / "resnet_10_23dataset.pth", with_head=False)
-    with pytest.raises(WeightsMismatchError, match=r"expected afa8055f\.\.\.b72605.*verify=False"):
+    with pytest.raises(WeightsMismatchError, match=r"expected afa8055f3e47f4a1\w+b72605.*verify=False"):
         MedicalNetExtractor(depth=10, weights=str(tmp_path))  # a directory holding the official name
     with pytest.raises(WeightsMismatchError, match="sha256"):
         load_medicalnet_weights(MedicalNetResNet(10), path, expected_sha256="0" * 64)
@@ -137,16 +138,23 @@ def test_hash_checks(tmp_path, caplog):
     assert sha256_matches(digest, f"{digest[:8]}...{digest[-6:]}")
     assert sha256_matches(digest, f"{digest[:8]}\u2026{digest[-5:]}")
     assert not sha256_matches(digest, f"{digest[:8]}...ffffff" if not digest.endswith("ffffff") else "0...0")
-    assert set(KNOWN_SHA256) == {"resnet_10_23dataset.pth", "resnet_50_23dataset.pth"}
+    # every official file has its full pin (medmetric 0.1.1's manifest)
+    assert set(KNOWN_SHA256) == {official_filename(d, v) for d in (10, 18, 34, 50) for v in ("23dataset", "original")} | {
+        f"resnet_{d}.pth" for d in (101, 152, 200)}
+    assert all(len(h) == 64 and int(h, 16) >= 0 for h in KNOWN_SHA256.values())
 
 
 def test_env_dir_and_unpinned_file(tmp_path, monkeypatch, caplog):
+    save_official(MedicalNetResNet(18), tmp_path / "resnet_18_finetuned.pth")  # a name with no pin
+    with caplog.at_level(logging.WARNING, logger="braingenbench.metrics.features"):
+        ext = MedicalNet18(weights=str(tmp_path / "resnet_18_finetuned.pth"))
+    assert ext.fingerprint()["weights_status"] == "unpinned" and "no known sha256" in caplog.text
+    assert ext.fingerprint()["weights"] == "resnet_18_finetuned.pth"
+    # the official name under $BRAINGENBENCH_WEIGHTS is found, and its pin refuses other bytes
     save_official(MedicalNetResNet(18), tmp_path / "resnet_18_23dataset.pth")
     monkeypatch.setenv("BRAINGENBENCH_WEIGHTS", str(tmp_path))
-    with caplog.at_level(logging.WARNING, logger="braingenbench.metrics.features"):
-        ext = MedicalNet18()
-    assert ext.fingerprint()["weights_status"] == "unpinned" and "no known sha256" in caplog.text
-    assert ext.fingerprint()["weights"] == "resnet_18_23dataset.pth"
+    with pytest.raises(WeightsMismatchError, match="expected 61224f93"):
+        MedicalNet18()
 
 
 def test_missing_weights_message(tmp_path, monkeypatch):

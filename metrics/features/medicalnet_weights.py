@@ -1,6 +1,6 @@
 """Finding, checking and loading the official MedicalNet checkpoints (part of
-:mod:`metrics.features.medicalnet`): ``$BRAINGENBENCH_WEIGHTS``, the known sha256 pins (full or
-``prefix...suffix``), and a strict backbone-only state-dict load whose errors name the network the file
+:mod:`metrics.features.medicalnet`): ``$BRAINGENBENCH_WEIGHTS``, the full sha256 pins of every
+official file (a user's own pin may be ``prefix...suffix``), and a strict backbone-only state-dict load whose errors name the network the file
 belongs to."""
 
 from __future__ import annotations
@@ -17,17 +17,21 @@ from metrics.features.medicalnet_resnet import _LAYOUTS, MedicalNetResNet
 
 WEIGHTS_ENV = "BRAINGENBENCH_WEIGHTS"
 
-# Known sha256 of the official files. Only a prefix and a suffix are known to us so far (from
-# medmetric's pins, see /work/shared/REFERENCES.md); they are checked as prefix + suffix. Public code
-# quotes the full values
-#   resnet_10_23dataset.pth  afa8055f3e47f4a18239495d92a7abc587902c69c31c743de2b2784653b72605
-#   resnet_50_23dataset.pth  ff48a62219073fb977fd3f4ddfb8dc1367f0ec156c8d6f6c37e205bd683a246e
-# (consistent with the prefixes/suffixes) but we have not hashed the files ourselves: replace an entry
-# with the full 64-hex value once it has been computed from a downloaded file. Files without an entry
-# load with a warning and are recorded as "unpinned".
+# sha256 of the official files (Hugging Face ``TencentMedicalNet/MedicalNet-Resnet{depth}``, revision
+# main), as pinned in medmetric 0.1.1's manifest (``medmetric/weights/medicalnet.yaml``, MIT). A file of
+# another name loads with a warning and is recorded as "unpinned"; ``verify=False`` skips the check.
 KNOWN_SHA256: dict[str, str] = {
-    "resnet_10_23dataset.pth": "afa8055f...b72605",
-    "resnet_50_23dataset.pth": "ff48a622...a246e",
+    "resnet_10.pth": "2824951eaef30e115929b89bec72342380b08d14792bda1449974ac849e497c0",
+    "resnet_10_23dataset.pth": "afa8055f3e47f4a18239495d92a7abc587902c69c31c743de2b2784653b72605",
+    "resnet_18.pth": "38b3a17444c5c18a795355a868e6a2d9ce9318054067f5373d337f55c0f61da3",
+    "resnet_18_23dataset.pth": "61224f9317fcce873366deb3703183e92cc47325b726b69691b33536244e10f4",
+    "resnet_34.pth": "977a1be79298602fa35980de9c03789229ad36087fb1f4d9bde468aec653c658",
+    "resnet_34_23dataset.pth": "3ea7188e396774e4ef95b66e5e90a78273bb33f6e58d3d717bf24f5f1aaeaa28",
+    "resnet_50.pth": "5b6189cafbee2f5604a7279b62bc163365aa6a86a377e1dc260a14275cacbd84",
+    "resnet_50_23dataset.pth": "ff48a62219073fb977fd3f4ddfb8dc1367f0ec156c8d6f6c37e205bd683a246e",
+    "resnet_101.pth": "a26bbcf9b2ad35f048b0fa317234c003f171a4d719760e5c4aff9f793654ebcf",
+    "resnet_152.pth": "e96c459f5317ef2cbb898c91575402da2c78b31a31f55c5d28943683fe0626da",
+    "resnet_200.pth": "df58525b0276117169782617a379480d2cbc75230e84e152c603bf22a1fabfa8",
 }
 
 

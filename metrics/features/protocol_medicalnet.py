@@ -20,7 +20,7 @@ import torch
 from metrics.features.base import TorchFeatureExtractor
 from metrics.features.medicalnet import medicalnet_normalize
 from metrics.features.medicalnet_resnet import MedicalNetResNet
-from metrics.features.medicalnet_weights import load_medicalnet_weights
+from metrics.features.medicalnet_weights import KNOWN_SHA256, load_medicalnet_weights
 from metrics.features.pinned import PinnedWeights, check_pinned, missing_message, resolve_pinned, where_looked
 
 __all__ = ["HAGAN_RESNET50", "MEDMETRIC_RESNET50", "HaganMedicalNet50", "MedmetricMedicalNet50", "PinnedExtractor"]
@@ -29,13 +29,13 @@ HAGAN_RESNET50 = PinnedWeights(
     filename="resnet_50.pth",
     source="https://huggingface.co/TencentMedicalNet/MedicalNet-Resnet50 (resnet_50.pth; also Tencent/MedicalNet's "
            "Google Drive / Weiyun archive, pretrain/resnet_50.pth)",
-    sha256="5b6189cafbee2f5604a7279b62bc163365aa6a86a377e1dc260a14275cacbd84",
+    sha256=KNOWN_SHA256["resnet_50.pth"],
     note="published in medmetric 0.1.1's weights manifest (medmetric/weights/medicalnet.yaml: "
          "TencentMedicalNet/MedicalNet-Resnet50, revision main); HA-GAN itself publishes none; not re-hashed by us")
 MEDMETRIC_RESNET50 = PinnedWeights(
     filename="resnet_50_23dataset.pth",
     source="https://huggingface.co/TencentMedicalNet/MedicalNet-Resnet50 (resnet_50_23dataset.pth)",
-    sha256="ff48a62219073fb977fd3f4ddfb8dc1367f0ec156c8d6f6c37e205bd683a246e",
+    sha256=KNOWN_SHA256["resnet_50_23dataset.pth"],
     note="published in medmetric 0.1.1's weights manifest (medmetric/weights/medicalnet.yaml: "
          "TencentMedicalNet/MedicalNet-Resnet50, revision main); not re-hashed by us")
 
