@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from bench import reader_study
+from bench.memory import DEFAULT_HEAP, HEAP_POLICIES
 
 log = logging.getLogger("braingenbench")
 
@@ -40,9 +41,9 @@ def _add_run(sub) -> None:
                    help="Ray cluster address (e.g. auto, host:6379, ray://host:10001); default: a private local cluster")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="reuse what an earlier identical run finished (default) or start over")
-    p.add_argument("--heap", default="bounded", choices=["trim", "bounded"],
-                   help="memory policy: 'bounded' fixes glibc's mmap threshold at 1 MiB (flat memory, slower "
-                        "torch); 'trim' keeps glibc's threshold and trims the heap after every task "
+    p.add_argument("--heap", default=DEFAULT_HEAP, choices=list(HEAP_POLICIES),
+                   help="memory policy: 'trim' (default) keeps glibc's mmap threshold and trims the heap after "
+                        "every task; 'bounded' fixes the threshold at 1 MiB (lowest peak, slower torch) "
                         "(docs/scaling.md)")
     p.add_argument("--strict", action="store_true",
                    help="exit 1 when a metric failed (the record is still written, with status 'partial')")

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import registry
-from bench.memory import check_heap_policy
+from bench.memory import DEFAULT_HEAP, check_heap_policy
 from bench.stages import SHARD, RunState, resolve_cohort
 from bench.suite import Suite, load_suite
 from bench.tasks import stages_for
@@ -62,7 +62,7 @@ class RunConfig:
     quiet: bool = False
     executor: str = "local"
     ray_address: str | None = None
-    heap: str = "bounded"
+    heap: str = DEFAULT_HEAP
 
     def check(self) -> None:
         """Reject values no run can use, before any work."""

@@ -18,7 +18,7 @@ import numpy as np
 from bench import registry
 from bench.args import bind_args, parameters
 from bench.cache import FeatureCache
-from bench.memory import apply_heap_policy, compute_allocation
+from bench.memory import DEFAULT_HEAP, apply_heap_policy, compute_allocation
 from cohorts.grid import Grid, get_grid
 from core.io import array_key, hash_obj, home_cache
 from core.runfiles import write_shard
@@ -121,7 +121,7 @@ class PoolSpec:
     computed once, on the driver)."""
 
     def __init__(self, device: str, extractor_args: dict, grid: str, brain_mask: np.ndarray | None, cache_root: Path,
-                 heap: str = "bounded"):
+                 heap: str = DEFAULT_HEAP):
         self.device, self.extractor_args, self.grid, self.cache_root = device, dict(extractor_args), grid, str(cache_root)
         self.heap = heap  # the run's heap policy (bench.memory); not part of the key: it changes no number
         self.mask_shape = None if brain_mask is None else tuple(brain_mask.shape)
@@ -143,7 +143,7 @@ class GeneratorSpec:
     """What a worker needs to build the run's generator: (name, args, cohort, grid, device)."""
 
     def __init__(self, name: str, args: dict, reference: str, reference_args: dict, grid: str, device: str,
-                 heap: str = "bounded"):
+                 heap: str = DEFAULT_HEAP):
         self.name, self.args, self.reference, self.reference_args = name, dict(args), reference, dict(reference_args)
         self.grid, self.device, self.heap = grid, device, heap  # heap: not part of the key (changes no number)
         self.cls = registry.generators.get(name)  # pickled by reference: plugins and run-time registrations work
