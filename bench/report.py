@@ -53,8 +53,8 @@ def captioner_context(state: RunState) -> CaptionerContext:
 
     def extractor(name: str) -> Callable[[np.ndarray], np.ndarray]:
         if "pool" not in pools:  # the run's own pool once EvaluationData has built it
-            pools["pool"] = state.pool or ExtractorPool(state.device, state.cfg.extractor_args, FeatureCache(), state.suite.grid,
-                                          state.cohort.brain_mask())
+            pools["pool"] = state.pool or ExtractorPool(state.device, state.cfg.extractor_args, FeatureCache(),
+                                                        state.suite.grid, state.cohort.brain_mask())
         pool = pools["pool"]
         return lambda volumes: pool.features(name, volumes)
 

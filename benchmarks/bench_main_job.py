@@ -18,17 +18,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "main_job.jsonl"
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_scale import run_measured  # noqa: E402  (one process-tree sampler for every benchmark)
+from bench_scale import complete_record, run_measured  # noqa: E402  (shared with the scale benchmark)
 
 QUICK_TARGET_S = 240
 FULL_TARGET_S = 480
@@ -40,9 +38,7 @@ def main_job(suite: str, home: Path, out: Path) -> dict:
     cmd = [sys.executable, "-m", "bench", "--quiet", "run", "--generator", "ldm3d", "--suite", suite,
            "--out", str(out)]
     wall, peak = run_measured(cmd, env=env, cwd=ROOT)
-    record = json.loads(next(out.glob("*/record.json")).read_text())
-    if record["status"] != "complete":  # a failed metric did no work: the time would be under-stated
-        raise RuntimeError(f"{suite}: run status {record['status']}, no row recorded: {record.get('failed_metrics')}")
+    record = complete_record(out, suite)
     row = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "suite": suite,
            "cpus": os.cpu_count(), "wall_s": round(wall, 1), "peak_rss_mib": round(peak / 2**20),
            "timings": {k: round(v, 1) for k, v in record.get("timings", {}).items()}}

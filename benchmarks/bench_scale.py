@@ -95,6 +95,17 @@ def run_measured(cmd: list[str], *, env: dict, cwd: Path) -> tuple[float, int]:
     return wall, peak[0]
 
 
+def complete_record(runs: Path, label: str) -> dict:
+    """The one record under ``runs``; raises when a metric failed: a metric that did not do its work
+    would make the row under-state time and memory."""
+    rec = json.loads(next(runs.glob("*/record.json")).read_text())
+    failed = sorted(k for k, v in rec["metrics"].items() if v.get("value") is None)
+    if failed:
+        errors = {k: rec["metrics"][k].get("details", {}).get("error") for k in failed}
+        raise RuntimeError(f"{label}: metrics failed, no row recorded: {errors}")
+    return rec
+
+
 def measure(grid: str, n: int, executor: str = "local", workdir: Path | None = None, heap: str = "trim") -> dict:
     """Run the configuration in a subprocess; wall seconds, peak tree RSS (MiB) and the record's timings.
     ``heap``: the run's ``--heap`` policy (bench.memory)."""
@@ -127,12 +138,7 @@ def _measure(grid: str, n: int, executor: str, workdir: Path, heap: str) -> dict
     cmd = [sys.executable, "-m", "bench", "--quiet", "run", "--generator", "template", "--suite", str(suite),
            "--out", str(workdir / "runs"), "--executor", executor, "--heap", heap]
     wall, peak = run_measured(cmd, env=env, cwd=ROOT)
-    record = next((workdir / "runs").glob("*/record.json"))
-    rec = json.loads(record.read_text())
-    failed = sorted(k for k, v in rec["metrics"].items() if v.get("value") is None)
-    if failed:  # a metric that failed did not do its work: the row would under-state time and memory
-        errors = {k: rec["metrics"][k].get("details", {}).get("error") for k in failed}
-        raise RuntimeError(f"{grid}:{n}: metrics failed, no row recorded: {errors}")
+    rec = complete_record(workdir / "runs", f"{grid}:{n}")
     row = {"grid": grid, "n": n, "executor": executor, "heap": heap, "wall_s": round(wall, 1),
            "peak_rss_mib": round(peak / 2**20, 1), "timings": rec["timings"], "n_metrics": len(rec["metrics"]),
            "cpus": os.cpu_count(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}

@@ -1,7 +1,7 @@
 """Finding, checking and loading the official MedicalNet checkpoints (part of
-:mod:`metrics.features.medicalnet`): ``$BRAINGENBENCH_WEIGHTS``, the full sha256 pins of every
-official file (a user's own pin may be ``prefix...suffix``), and a strict backbone-only state-dict load whose errors name the network the file
-belongs to."""
+:mod:`metrics.features.medicalnet`): ``$BRAINGENBENCH_WEIGHTS``, the full sha256 pins of every official
+file (a user's own pin may be ``prefix...suffix``), and a strict backbone-only state-dict load whose
+errors name the network the file belongs to."""
 
 from __future__ import annotations
 
